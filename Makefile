@@ -1,0 +1,33 @@
+# The two commands of the README are `make demo` and `make test`; both set up .venv themselves.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+OUT ?= demo_output
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test lint format benchmark clean
+
+$(VENV)/.installed: pyproject.toml scripts/setup_env.sh
+	bash scripts/setup_env.sh $(VENV)
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(VENV)/bin/medicraft demo --output_dir $(OUT)
+
+lint: setup
+	$(PY) -m ruff check medicraft_monai tests benchmarks
+	$(PY) -m ruff format --check medicraft_monai tests benchmarks
+
+format: setup
+	$(PY) -m ruff check --fix medicraft_monai tests benchmarks
+	$(PY) -m ruff format medicraft_monai tests benchmarks
+
+test: lint
+	$(PY) -m pytest -n auto --dist loadfile $(PYTEST_ARGS)
+
+benchmark: setup
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(OUT) .pytest_cache .ruff_cache build *.egg-info

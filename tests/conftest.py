@@ -1,0 +1,46 @@
+"""Shared pytest fixtures: where the real OCT sample lives, and small helpers."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _oct2017_dir() -> Path:
+    env = os.environ.get("MEDICRAFT_OCT2017")
+    return Path(env) if env else REPO_ROOT.parent / "shared" / "data" / "oct2017"
+
+
+@pytest.fixture(scope="session")
+def oct2017_dir() -> Path:
+    """The real OCT2017 sample (../shared/data/oct2017, or $MEDICRAFT_OCT2017). Missing data is an error, not a skip."""
+    path = _oct2017_dir()
+    if not (path / "manifest.csv").is_file():
+        pytest.fail(
+            f"real OCT sample not found at {path}: clone next to ../shared or set MEDICRAFT_OCT2017",
+            pytrace=False,
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def oct2017_manifest(oct2017_dir: Path) -> list[dict[str, str]]:
+    """Rows of the sample's manifest.csv (file, label, patient_id, ...)."""
+    with open(oct2017_dir / "manifest.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="session")
+def real_bscan_paths(oct2017_dir: Path, oct2017_manifest: list[dict[str, str]]) -> list[Path]:
+    """A fixed, class-balanced selection of 24 real B-scans of varied widths (6 per class)."""
+    picked: list[Path] = []
+    for label in ("CNV", "DME", "DRUSEN", "NORMAL"):
+        rows = sorted((r for r in oct2017_manifest if r["label"] == label), key=lambda r: r["file"])
+        step = max(1, len(rows) // 6)
+        picked += [oct2017_dir / r["file"] for r in rows[::step][:6]]
+    return picked
