@@ -35,6 +35,7 @@ class OCTMetaKeys:
     PIXEL_SPACING = "pixel_spacing"  #: (row spacing, column spacing) in millimetres
     PATIENT_ID = "patient_id"
     SYNTHETIC = "synthetic"
+    BIT_DEPTH = "bit_depth"  #: 8 or 16 for integer images as stored, 0 for floating-point (linear or scaled) data
 
 
 LATERALITY_ALIASES = {
