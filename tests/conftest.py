@@ -37,10 +37,11 @@ def oct2017_manifest(oct2017_dir: Path) -> list[dict[str, str]]:
 
 @pytest.fixture(scope="session")
 def real_bscan_paths(oct2017_dir: Path, oct2017_manifest: list[dict[str, str]]) -> list[Path]:
-    """A fixed, class-balanced selection of 24 real B-scans of varied widths (6 per class)."""
+    """A fixed, class-balanced selection of 24 real B-scans (6 per class) spread over the widths present."""
     picked: list[Path] = []
     for label in ("CNV", "DME", "DRUSEN", "NORMAL"):
-        rows = sorted((r for r in oct2017_manifest if r["label"] == label), key=lambda r: r["file"])
-        step = max(1, len(rows) // 6)
-        picked += [oct2017_dir / r["file"] for r in rows[::step][:6]]
+        rows = sorted((r for r in oct2017_manifest if r["label"] == label), key=lambda r: (int(r["width"]), r["file"]))
+        # evenly spaced over the width-sorted list, always including the widest image of the class
+        idx = sorted({round(i * (len(rows) - 1) / 5) for i in range(6)})
+        picked += [oct2017_dir / rows[i]["file"] for i in idx]
     return picked
