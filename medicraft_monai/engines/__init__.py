@@ -1,0 +1,7 @@
+"""Engine pieces for ignite/MONAI workflows: prepare-batch callables and handlers."""
+
+from __future__ import annotations
+
+from .prepare_batch import ClassConditionedPrepareBatch
+
+__all__ = ["ClassConditionedPrepareBatch"]
