@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .handlers import ClassSampleGridHandler
 from .prepare_batch import ClassConditionedPrepareBatch
 
-__all__ = ["ClassConditionedPrepareBatch"]
+__all__ = ["ClassConditionedPrepareBatch", "ClassSampleGridHandler"]

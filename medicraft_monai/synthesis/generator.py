@@ -1,0 +1,217 @@
+"""A trained class-conditioned generator, loaded from a MONAI Bundle, behind one small interface.
+
+Everything that samples images (dataset multiplication, the evaluation, the MONAI Label app, the MONAI Deploy
+app) goes through :class:`DiffusionGenerator`, so any bundle whose ``configs/inference.json`` follows the
+contract below works with all of them unchanged, whether it diffuses in pixel space (``oct_ddpm``) or in a
+latent space.
+
+The contract of ``configs/inference.json`` (keys a generator bundle defines):
+
+- ``network_def``: the class-conditioned network (``num_class_embeds = len(class_names) + 1``).
+- ``inferer``: an inferer with ``sample(noise, network, class_labels, scheduler=..., num_inference_steps=...,
+  guidance_scale=..., generators=..., verbose=...)`` returning images in model space [-1, 1], and optionally a
+  ``latent_shape(image_shape)`` method when it samples in a latent space.
+- ``sampling_scheduler``: the scheduler used for sampling (its class decides the sampler).
+- ``class_names``: the real classes in label order; ``image_size``: [H, W]; ``in_channels``.
+- ``ckpt_path``: the weights (a state dict, the EMA weights for diffusion bundles).
+- ``sampler``, ``num_inference_steps``, ``guidance_scale``: sampling defaults.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.bundle import ConfigParser
+
+from medicraft_monai.inferers.conditional import seeded_noise
+
+__all__ = ["DiffusionGenerator", "GeneratorError", "file_sha256"]
+
+
+class GeneratorError(ValueError):
+    """A generator bundle or checkpoint that cannot be used (missing, mismatched or malformed)."""
+
+
+def file_sha256(path: str | PathLike, chunk: int = 1 << 20) -> str:
+    """The SHA-256 hex digest of a file (used as the model checksum in provenance records)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class DiffusionGenerator:
+    """A class-conditioned diffusion generator ready to sample.
+
+    Build it with :meth:`from_bundle`. Images come out as float32 arrays in [0, 1], shape (B, C, H, W).
+
+    Attributes:
+        network: the network, in eval mode, on ``device``.
+        inferer: the class-conditioned inferer.
+        scheduler: the sampling scheduler.
+        class_names: real class names in label order.
+        image_shape: (C, H, W) of one image.
+        checksum: SHA-256 of the checkpoint file (provenance).
+        sampler: the sampler's name ("ddim", "ddpm", ...).
+        num_inference_steps: default sampling steps.
+        guidance_scale: default classifier-free guidance weight.
+        device: where sampling runs.
+        bundle_root: the bundle it came from.
+    """
+
+    network: torch.nn.Module
+    inferer: Any
+    scheduler: Any
+    class_names: list[str]
+    image_shape: tuple[int, int, int]
+    checksum: str
+    sampler: str = "ddim"
+    num_inference_steps: int = 50
+    guidance_scale: float = 1.0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    bundle_root: str = ""
+
+    @classmethod
+    def from_bundle(
+        cls,
+        bundle_root: str | PathLike,
+        ckpt_path: str | PathLike | None = None,
+        config_file: str | Sequence[str] | None = None,
+        device: str | torch.device | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> DiffusionGenerator:
+        """Load a generator from a bundle folder.
+
+        Args:
+            bundle_root: the bundle folder (with ``configs/inference.json``).
+            ckpt_path: weights to load (default: the config's ``ckpt_path``).
+            config_file: config file(s) relative to the bundle root (default ``configs/inference.json``).
+            device: where to run (default: CUDA when available, else CPU).
+            overrides: config overrides, e.g. ``{"sampler": "ddpm", "num_inference_steps": 1000}``.
+
+        Raises:
+            GeneratorError: missing bundle or checkpoint, or a checkpoint that does not fit the network.
+        """
+        root = Path(bundle_root)
+        files = [config_file] if isinstance(config_file, str) else list(config_file or ["configs/inference.json"])
+        paths = [root / f for f in files]
+        for p in paths:
+            if not p.is_file():
+                raise GeneratorError(f"{p}: bundle config not found (is {root} a generator bundle?)")
+        parser = ConfigParser()
+        parser.read_config([str(p) for p in paths])
+        parser["bundle_root"] = str(root)
+        dev = (
+            torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        )
+        parser["device"] = f"$torch.device('{dev}')"
+        for key, value in (overrides or {}).items():
+            parser[key] = value
+        for key in ("network_def", "inferer", "sampling_scheduler", "class_names", "image_size"):
+            if key not in parser:
+                raise GeneratorError(
+                    f"{paths[0]}: the config has no {key!r} key (see medicraft_monai.synthesis.generator)"
+                )
+        ckpt = Path(ckpt_path) if ckpt_path is not None else Path(parser.get_parsed_content("ckpt_path"))
+        if not ckpt.is_file():
+            raise GeneratorError(f"{ckpt}: checkpoint not found; train the bundle first or give ckpt_path")
+        class_names = [str(c) for c in parser.get_parsed_content("class_names")]
+        network = parser.get_parsed_content("network_def")
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        if isinstance(state, Mapping) and "state_dict" in state:
+            state = state["state_dict"]
+        try:
+            network.load_state_dict(state)
+        except (RuntimeError, KeyError, TypeError) as err:
+            raise GeneratorError(f"{ckpt}: checkpoint does not match the bundle's network_def: {err}") from err
+        n_embed = getattr(network, "num_class_embeds", None)
+        if n_embed is not None and n_embed != len(class_names) + 1:
+            raise GeneratorError(
+                f"{ckpt}: the network has {n_embed} class embeddings but the config names {len(class_names)} classes "
+                f"({class_names}); expected {len(class_names) + 1} (the classes plus the null class)"
+            )
+        network.to(dev).eval()
+        size = [int(s) for s in parser.get_parsed_content("image_size")]
+        channels = int(parser.get_parsed_content("in_channels")) if "in_channels" in parser else 1
+        return cls(
+            network=network,
+            inferer=parser.get_parsed_content("inferer"),
+            scheduler=parser.get_parsed_content("sampling_scheduler"),
+            class_names=class_names,
+            image_shape=(channels, size[0], size[1]),
+            checksum=file_sha256(ckpt),
+            sampler=str(parser.get_parsed_content("sampler")) if "sampler" in parser else "ddim",
+            num_inference_steps=int(parser.get_parsed_content("num_inference_steps"))
+            if "num_inference_steps" in parser
+            else 50,
+            guidance_scale=float(parser.get_parsed_content("guidance_scale")) if "guidance_scale" in parser else 1.0,
+            device=dev,
+            bundle_root=str(root),
+        )
+
+    def class_index(self, name_or_index: str | int) -> int:
+        """The label index of a class given by name (or index), with a clear error for unknown classes."""
+        if isinstance(name_or_index, (int, np.integer)):
+            if 0 <= int(name_or_index) < len(self.class_names):
+                return int(name_or_index)
+        elif str(name_or_index) in self.class_names:
+            return self.class_names.index(str(name_or_index))
+        raise GeneratorError(f"unknown class {name_or_index!r}; this generator knows {self.class_names}")
+
+    def noise_shape(self) -> tuple[int, ...]:
+        """Shape of one sample's initial noise (the latent shape for latent generators)."""
+        latent_shape = getattr(self.inferer, "latent_shape", None)
+        return tuple(latent_shape(self.image_shape)) if callable(latent_shape) else self.image_shape
+
+    def generate(
+        self,
+        classes: Sequence[str | int],
+        seeds: Sequence[int],
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        verbose: bool = False,
+    ) -> np.ndarray:
+        """Sample one image per (class, seed) pair; the same seed and class always give the same image.
+
+        Returns:
+            float32 array (B, C, H, W) in [0, 1].
+        """
+        if len(classes) != len(seeds):
+            raise ValueError(f"{len(classes)} classes for {len(seeds)} seeds")
+        labels = [self.class_index(c) for c in classes]
+        noise, gens = seeded_noise(seeds, self.noise_shape(), device=self.device)
+        images = self.inferer.sample(
+            noise,
+            self.network,
+            labels,
+            scheduler=self.scheduler,
+            num_inference_steps=num_inference_steps or self.num_inference_steps,
+            guidance_scale=self.guidance_scale if guidance_scale is None else guidance_scale,
+            generators=gens,
+            verbose=verbose,
+        )
+        return ((images.float().clamp(-1.0, 1.0) + 1.0) / 2.0).cpu().numpy()
+
+    def provenance(
+        self, class_name: str, seed: int, num_inference_steps: int | None = None, guidance_scale: float | None = None
+    ) -> dict[str, Any]:
+        """The record that travels with a synthetic image: how exactly it was made."""
+        return {
+            "generator": "medicraft_monai",
+            "bundle": Path(self.bundle_root).name,
+            "model_sha256": self.checksum,
+            "class_name": class_name,
+            "seed": int(seed),
+            "sampler": self.sampler,
+            "steps": int(num_inference_steps or self.num_inference_steps),
+            "guidance_scale": float(self.guidance_scale if guidance_scale is None else guidance_scale),
+        }
