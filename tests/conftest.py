@@ -7,8 +7,14 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# pytest-xdist runs one worker per core: one thread per worker (and per subprocess it starts) avoids the
+# oversubscription that made small models hundreds of times slower on these 2-core machines.
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
 
 def _oct2017_dir() -> Path:
@@ -45,3 +51,9 @@ def real_bscan_paths(oct2017_dir: Path, oct2017_manifest: list[dict[str, str]]) 
         idx = sorted({round(i * (len(rows) - 1) / 5) for i in range(6)})
         picked += [oct2017_dir / rows[i]["file"] for i in idx]
     return picked
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread() -> None:
+    """One intra-op thread per test process (see the environment settings above)."""
+    torch.set_num_threads(1)

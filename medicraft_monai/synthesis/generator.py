@@ -101,7 +101,7 @@ class DiffusionGenerator:
         Raises:
             GeneratorError: missing bundle or checkpoint, or a checkpoint that does not fit the network.
         """
-        root = Path(bundle_root)
+        root = Path(bundle_root).resolve()
         files = [config_file] if isinstance(config_file, str) else list(config_file or ["configs/inference.json"])
         paths = [root / f for f in files]
         for p in paths:
