@@ -2,6 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 OUT ?= demo_output
+DATA ?=
 PYTEST_ARGS ?=
 
 .PHONY: setup demo test lint format benchmark clean
@@ -13,7 +14,7 @@ $(VENV)/.installed: pyproject.toml scripts/setup_env.sh
 setup: $(VENV)/.installed
 
 demo: setup
-	$(VENV)/bin/medicraft demo --output_dir $(OUT)
+	$(VENV)/bin/medicraft demo --output_dir $(OUT) $(if $(DATA),--data $(DATA),)
 
 lint: setup
 	$(PY) -m ruff check medicraft_monai tests benchmarks

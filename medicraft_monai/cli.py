@@ -1,20 +1,241 @@
 """The ``medicraft`` command: home of the user-facing commands.
 
-Run ``medicraft --help`` for the list, ``medicraft COMMAND --help`` for one command's options.
+Run ``medicraft --help`` for the list and ``medicraft COMMAND --help`` for one command's options. Every
+command is a thin layer over a library function, so everything it does can also be done from Python or from
+a MONAI Bundle config.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+from collections.abc import Sequence
+
 import fire
 
 
+def _as_list(value: str | Sequence[str] | None) -> list[str] | None:
+    """Fire passes ``--classes a,b`` as a tuple and ``--classes a`` as a string; accept both."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return [str(v) for v in value]
+
+
+def _as_mapping(value: str | dict | None) -> dict | None:
+    """Accept a dict (fire parses ``--prevalence '{"healthy": 0.7}'``) or a JSON string."""
+    if value is None or isinstance(value, dict):
+        return value
+    return json.loads(value)
+
+
 class MedicraftCLI:
-    """medicraft_monai: multiply small OCT data sets with class-conditioned diffusion models."""
+    """medicraft_monai: multiply small OCT data sets with class-conditioned diffusion models.
+
+    Commands: phantom, datalist, multiply, demo, info.
+    """
+
+    def phantom(
+        self,
+        output_dir: str,
+        exams: int = 12,
+        fmt: str = "png",
+        seed: int = 0,
+        classes: str | Sequence[str] | None = None,
+        prevalence: str | dict | None = None,
+        defect: str | None = None,
+        height: int = 256,
+        width: int = 512,
+        planes: int = 12,
+        fractions: Sequence[float] = (0.7, 0.15, 0.15),
+    ) -> None:
+        """Write a phantom OCT data set (PNG or DICOM exams), its ground truth and a patient-split datalist.
+
+        Args:
+            output_dir: folder to write to (created).
+            exams: number of exams (each ``planes`` radial B-scans of one eye).
+            fmt: "png" (one 8-bit PNG per B-scan) or "dicom" (one multi-frame Ophthalmic Tomography file per exam).
+            seed: random seed; the same seed gives the same data set.
+            classes: class names, comma-separated (default healthy,benign,melanoma).
+            prevalence: JSON mapping class name -> weight, for imbalanced sets, e.g. '{"healthy": 8, "melanoma": 1}'.
+            defect: inject one failure mode into every exam (doubled_fovea, absent_fovea, hypoplastic_fovea,
+                absent_onh, corrupted_image, abnormal_vessel_diameter).
+            height: B-scan height in pixels.
+            width: B-scan width in pixels.
+            planes: radial planes per exam.
+            fractions: training, validation, test fractions of patients.
+        """
+        from medicraft_monai.demo import make_phantom_dataset
+
+        make_phantom_dataset(
+            output_dir,
+            exams=exams,
+            fmt=fmt,
+            seed=seed,
+            classes=_as_list(classes),
+            prevalence=_as_mapping(prevalence),
+            defect=defect,
+            height=height,
+            width=width,
+            planes=planes,
+            fractions=tuple(fractions),
+        )
+
+    def datalist(
+        self,
+        source: str,
+        output: str = "datalist.json",
+        classes: str | Sequence[str] | None = None,
+        fractions: Sequence[float] = (0.7, 0.15, 0.15),
+        seed: int = 0,
+        strict: bool = False,
+        check_images: bool = True,
+        patient_regex: str | None = None,
+        labels_csv: str | None = None,
+    ) -> None:
+        """Build a patient-split MONAI datalist from a folder per class, a CSV, or a DICOM folder.
+
+        Bad files are listed with the reason and left out (``--strict`` stops instead); the per-class,
+        per-split count table and the class weights are printed.
+
+        Args:
+            source: a folder with one sub-folder per class, a CSV file, or a folder of DICOM files.
+            output: where to write the datalist JSON.
+            classes: class names in label order, comma-separated (default: sorted names found).
+            fractions: training, validation, test fractions of patients.
+            seed: split seed.
+            strict: stop at the first bad input instead of leaving it out.
+            check_images: decode every image once to find corrupt or truncated files.
+            patient_regex: regular expression with one group that extracts the patient id from a file name.
+            labels_csv: for DICOM folders, a CSV mapping patient_id or study_uid to class.
+        """
+        from medicraft_monai.data.datalist import build_datalist, class_weights, count_table
+
+        datalist = build_datalist(
+            source,
+            output=output,
+            classes=_as_list(classes),
+            fractions=tuple(fractions),
+            seed=seed,
+            strict=strict,
+            check_images=check_images,
+            patient_regex=patient_regex,
+            labels_csv=labels_csv,
+        )
+        print(count_table(datalist))
+        names = [datalist["labels"][str(i)] for i in range(len(datalist["labels"]))]
+        weights = class_weights(datalist)
+        print("class weights: " + ", ".join(f"{n}={w:.3f}" for n, w in zip(names, weights)))
+        print(f"datalist written to {output}")
+
+    def multiply(
+        self,
+        datalist: str,
+        output_dir: str,
+        bundle: str = "bundles/oct_ddpm",
+        target: str | float | dict = "balance",
+        fmt: str = "png",
+        bit_depth: int = 8,
+        batch_size: int = 16,
+        seed: int = 0,
+        steps: int | None = None,
+        guidance: float | None = None,
+        ckpt: str | None = None,
+        sampler: str | None = None,
+        device: str | None = None,
+        split: str = "training",
+        progress: bool = True,
+    ) -> None:
+        """Multiply a real data set with a trained class-conditioned generator bundle.
+
+        Samples the images the target asks for, writes them (marked synthetic, with provenance), a manifest, a
+        synthetic-only datalist and a real + synthetic datalist. A rerun after an interruption finishes the job
+        without redoing or duplicating anything; under ``torchrun --nproc_per_node=N`` it shards across processes
+        (``torchrun --standalone --nproc_per_node=2 -m medicraft_monai.synthesis.multiply ...``).
+
+        Args:
+            datalist: the real datalist JSON (see ``medicraft datalist``).
+            output_dir: where the images, manifest and datalists go.
+            bundle: the generator bundle folder (default bundles/oct_ddpm).
+            target: "balance" (every class up to the largest), "multiply:N" (every class to N times its count),
+                or images to add per class as JSON, e.g. '{"melanoma": 200}'.
+            fmt: png (default), nifti or dicom.
+            bit_depth: 8 or 16.
+            batch_size: images sampled together.
+            seed: the job's seed (each image's seed derives from it, its class and its index).
+            steps: sampling steps (default: the bundle's).
+            guidance: classifier-free guidance scale (default: the bundle's).
+            ckpt: weights to use (default: the bundle's models/model.pt).
+            sampler: ddim or ddpm (default: the bundle's).
+            device: cpu, cuda, cuda:1 ... (default: CUDA when available).
+            split: the split whose real images are counted.
+            progress: show progress and print count tables.
+        """
+        from medicraft_monai.synthesis import multiply
+
+        multiply(
+            datalist,
+            output_dir,
+            bundle_root=bundle,
+            target=target,
+            split=split,
+            fmt=fmt,
+            bit_depth=bit_depth,
+            batch_size=batch_size,
+            seed=seed,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            ckpt_path=ckpt,
+            overrides={"sampler": sampler} if sampler else None,
+            device=device,
+            progress=progress,
+        )
+
+    def demo(self, output_dir: str = "demo_output", data: str | None = None, exams: int = 24, seed: int = 0) -> None:
+        """The main job: build (or read) an OCT data set, split it by patient, and summarise it.
+
+        Without ``--data`` it uses the built-in OCT phantom. Writes a datalist, a per-class sample grid
+        (PNG) and a summary (Markdown and JSON) to ``output_dir``.
+
+        Args:
+            output_dir: where everything is written.
+            data: your data set (a folder per class, a CSV or a DICOM folder); default: the phantom.
+            exams: phantom exams to generate when no data is given.
+            seed: random seed for the phantom and the split.
+        """
+        from medicraft_monai.demo import run_demo
+
+        run_demo(output_dir, data=data, exams=exams, seed=seed)
+
+    def info(self) -> None:
+        """Print the versions of medicraft_monai and of the libraries it runs on."""
+        import monai
+        import torch
+
+        import medicraft_monai
+
+        print(f"medicraft_monai {medicraft_monai.__version__}")
+        print(f"monai {monai.__version__}, torch {torch.__version__}, cuda available: {torch.cuda.is_available()}")
 
 
-def main() -> None:
-    """Entry point of the ``medicraft`` console script."""
-    fire.Fire(MedicraftCLI, name="medicraft")
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``medicraft`` console script.
+
+    Problems with the user's data (:class:`~medicraft_monai.data.errors.OCTDataError`) and bad arguments end the
+    command with a one-paragraph message naming the file and the reason, and exit status 2, instead of a
+    traceback. Set ``MEDICRAFT_DEBUG=1`` to see the traceback.
+    """
+    from medicraft_monai.data.errors import OCTDataError
+
+    try:
+        fire.Fire(MedicraftCLI(), command=None if argv is None else list(argv), name="medicraft")
+    except (OCTDataError, FileNotFoundError, ValueError) as err:
+        if os.environ.get("MEDICRAFT_DEBUG"):
+            raise
+        print(f"medicraft: error: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

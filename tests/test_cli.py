@@ -1,0 +1,78 @@
+"""The ``medicraft`` console command, run as a user would (a subprocess of the installed entry point)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+MEDICRAFT = Path(sys.executable).with_name("medicraft")
+
+
+def run_cli(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``medicraft ARGS`` and return the finished process (stdout and stderr captured as text)."""
+    proc = subprocess.run([str(MEDICRAFT), *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        pytest.fail(f"medicraft {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def test_help_lists_the_commands() -> None:
+    proc = run_cli("--help")
+    out = proc.stdout + proc.stderr  # fire writes help to stderr when not on a terminal
+    for command in ("phantom", "datalist", "demo", "info"):
+        assert command in out
+
+
+def test_info_prints_versions() -> None:
+    out = run_cli("info").stdout
+    assert out.startswith("medicraft_monai ")
+    assert "monai " in out and "torch " in out
+
+
+def test_datalist_on_the_real_sample(oct2017_dir: Path, tmp_path: Path) -> None:
+    output = tmp_path / "oct2017.json"
+    out = run_cli("datalist", str(oct2017_dir), "--output", str(output), "--seed", "3").stdout
+    datalist = json.loads(output.read_text())
+    assert datalist["labels"] == {"0": "CNV", "1": "DME", "2": "DRUSEN", "3": "NORMAL"}
+    total = sum(len(datalist[s]) for s in ("training", "validation", "test"))
+    assert total == 689
+    # the printed table carries the same totals, and the weights line names every class
+    assert "689" in out
+    assert "class weights: CNV=" in out and "NORMAL=" in out
+    patients = {s: {it["patient_id"] for it in datalist[s]} for s in ("training", "validation", "test")}
+    assert not patients["training"] & patients["test"]
+    assert not patients["training"] & patients["validation"]
+
+
+def test_datalist_reports_a_bad_file_and_keeps_the_rest(oct2017_dir: Path, tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    for label in ("NORMAL", "CNV"):
+        (root / label).mkdir(parents=True)
+        for src in sorted((oct2017_dir / label).glob("*.jpeg"))[:4]:
+            shutil.copy(src, root / label / src.name)
+    bad = root / "CNV" / "CNV-999-1.jpeg"
+    bad.write_bytes((oct2017_dir / "CNV" / "CNV-1016042-1.jpeg").read_bytes()[:500])  # truncated JPEG
+    output = tmp_path / "dl.json"
+    proc = run_cli("datalist", str(root), "--output", str(output))
+    datalist = json.loads(output.read_text())
+    assert sum(len(datalist[s]) for s in ("training", "validation", "test")) == 8
+    assert [Path(e["image"]).name for e in datalist["excluded"]] == ["CNV-999-1.jpeg"]
+    assert "CNV-999-1.jpeg" in proc.stderr + proc.stdout
+
+    strict = run_cli("datalist", str(root), "--output", str(tmp_path / "strict.json"), "--strict", check=False)
+    assert strict.returncode != 0
+    assert "CNV-999-1.jpeg" in strict.stderr
+    assert not (tmp_path / "strict.json").exists()
+
+
+def test_datalist_on_an_empty_folder_fails_clearly(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    proc = run_cli("datalist", str(tmp_path / "empty"), "--output", str(tmp_path / "x.json"), check=False)
+    assert proc.returncode != 0
+    assert "empty" in proc.stderr and "no image files" in proc.stderr
+    assert "Traceback" not in proc.stderr
