@@ -121,11 +121,62 @@ class DiffusionGenerator:
                 raise GeneratorError(
                     f"{paths[0]}: the config has no {key!r} key (see medicraft_monai.synthesis.generator)"
                 )
-        ckpt = Path(ckpt_path) if ckpt_path is not None else Path(parser.get_parsed_content("ckpt_path"))
+        ckpt = ckpt_path if ckpt_path is not None else parser.get_parsed_content("ckpt_path")
+
+        def setting(key: str, default: Any) -> Any:
+            return parser.get_parsed_content(key) if key in parser else default
+
+        return cls.from_components(
+            network=parser.get_parsed_content("network_def"),
+            inferer=parser.get_parsed_content("inferer"),
+            scheduler=parser.get_parsed_content("sampling_scheduler"),
+            class_names=parser.get_parsed_content("class_names"),
+            image_size=parser.get_parsed_content("image_size"),
+            ckpt_path=ckpt,
+            in_channels=setting("in_channels", 1),
+            sampler=setting("sampler", "ddim"),
+            num_inference_steps=setting("num_inference_steps", 50),
+            guidance_scale=setting("guidance_scale", 1.0),
+            channels_last=bool(setting("channels_last", False)),
+            device=dev,
+            bundle_root=root,
+        )
+
+    @classmethod
+    def from_components(
+        cls,
+        network: torch.nn.Module,
+        inferer: Any,
+        scheduler: Any,
+        class_names: Sequence[str],
+        image_size: Sequence[int],
+        ckpt_path: str | PathLike,
+        in_channels: int = 1,
+        sampler: str = "ddim",
+        num_inference_steps: int = 50,
+        guidance_scale: float = 1.0,
+        channels_last: bool = False,
+        device: str | torch.device | None = None,
+        bundle_root: str | PathLike = ".",
+    ) -> DiffusionGenerator:
+        """A generator from already built components (what a bundle config holds), with the weights loaded.
+
+        ``channels_last`` stores the weights channels-last (pair it with the inferer's ``channels_last``).
+
+        Raises:
+            GeneratorError: missing checkpoint, a checkpoint that does not fit the network, or a class count that
+                does not match the network's class embeddings.
+        """
+        ckpt = Path(ckpt_path)
         if not ckpt.is_file():
             raise GeneratorError(f"{ckpt}: checkpoint not found; train the bundle first or give ckpt_path")
-        class_names = [str(c) for c in parser.get_parsed_content("class_names")]
-        network = parser.get_parsed_content("network_def")
+        names = [str(c) for c in class_names]
+        n_embed = getattr(network, "num_class_embeds", None)
+        if n_embed is not None and n_embed != len(names) + 1:
+            raise GeneratorError(
+                f"{ckpt}: the network has {n_embed} class embeddings but class_names has {len(names)} classes "
+                f"({names}); expected {len(names) + 1} (the classes plus the null class)"
+            )
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
         if isinstance(state, Mapping) and "state_dict" in state:
             state = state["state_dict"]
@@ -133,29 +184,25 @@ class DiffusionGenerator:
             network.load_state_dict(state)
         except (RuntimeError, KeyError, TypeError) as err:
             raise GeneratorError(f"{ckpt}: checkpoint does not match the bundle's network_def: {err}") from err
-        n_embed = getattr(network, "num_class_embeds", None)
-        if n_embed is not None and n_embed != len(class_names) + 1:
-            raise GeneratorError(
-                f"{ckpt}: the network has {n_embed} class embeddings but the config names {len(class_names)} classes "
-                f"({class_names}); expected {len(class_names) + 1} (the classes plus the null class)"
-            )
+        dev = (
+            torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        )
         network.to(dev).eval()
-        size = [int(s) for s in parser.get_parsed_content("image_size")]
-        channels = int(parser.get_parsed_content("in_channels")) if "in_channels" in parser else 1
+        if channels_last:
+            network.to(memory_format=torch.channels_last)
+        size = [int(v) for v in image_size]
         return cls(
             network=network,
-            inferer=parser.get_parsed_content("inferer"),
-            scheduler=parser.get_parsed_content("sampling_scheduler"),
-            class_names=class_names,
-            image_shape=(channels, size[0], size[1]),
+            inferer=inferer,
+            scheduler=scheduler,
+            class_names=names,
+            image_shape=(int(in_channels), size[0], size[1]),
             checksum=file_sha256(ckpt),
-            sampler=str(parser.get_parsed_content("sampler")) if "sampler" in parser else "ddim",
-            num_inference_steps=int(parser.get_parsed_content("num_inference_steps"))
-            if "num_inference_steps" in parser
-            else 50,
-            guidance_scale=float(parser.get_parsed_content("guidance_scale")) if "guidance_scale" in parser else 1.0,
+            sampler=str(sampler),
+            num_inference_steps=int(num_inference_steps),
+            guidance_scale=float(guidance_scale),
             device=dev,
-            bundle_root=str(root),
+            bundle_root=str(Path(bundle_root).resolve()),
         )
 
     def class_index(self, name_or_index: str | int) -> int:
