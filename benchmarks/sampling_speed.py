@@ -65,9 +65,8 @@ def step_time(network, inferer, batch: int, shape, steps: int) -> float:
 def speed_part(args) -> dict:
     import torch
 
-    from medicraft_monai.inferers import ClassConditionedDiffusionInferer, make_scheduler, seeded_noise
-
     from medicraft_monai.bundle_utils import _randomise_zero_weights
+    from medicraft_monai.inferers import ClassConditionedDiffusionInferer, make_scheduler, seeded_noise
 
     parser = build()
     network = parser.get_parsed_content("network_def").eval()
