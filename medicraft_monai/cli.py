@@ -50,6 +50,7 @@ class MedicraftCLI:
         width: int = 512,
         planes: int = 12,
         fractions: Sequence[float] = (0.7, 0.15, 0.15),
+        overwrite: bool = False,
     ) -> None:
         """Write a phantom OCT data set (PNG or DICOM exams), its ground truth and a patient-split datalist.
 
@@ -66,6 +67,7 @@ class MedicraftCLI:
             width: B-scan width in pixels.
             planes: radial planes per exam.
             fractions: training, validation, test fractions of patients.
+            overwrite: replace a phantom data set already in output_dir.
         """
         from medicraft_monai.demo import make_phantom_dataset
 
@@ -81,7 +83,9 @@ class MedicraftCLI:
             width=width,
             planes=planes,
             fractions=tuple(fractions),
+            overwrite=overwrite,
         )
+        print(f"phantom data set written to {output_dir} (datalist: {output_dir}/datalist.json)")
 
     def datalist(
         self,
@@ -193,21 +197,43 @@ class MedicraftCLI:
             progress=progress,
         )
 
-    def demo(self, output_dir: str = "demo_output", data: str | None = None, exams: int = 24, seed: int = 0) -> None:
-        """The main job: build (or read) an OCT data set, split it by patient, and summarise it.
+    def demo(
+        self,
+        output_dir: str = "demo_output",
+        data: str | None = None,
+        exams: int = 24,
+        seed: int = 0,
+        epochs: int | None = None,
+        steps: int | None = None,
+        train: bool = True,
+        quick: bool = False,
+    ) -> None:
+        """The main job: build (or read) an OCT data set, train a small generator, multiply, and report.
 
-        Without ``--data`` it uses the built-in OCT phantom. Writes a datalist, a per-class sample grid
-        (PNG) and a summary (Markdown and JSON) to ``output_dir``.
+        Without ``--data`` it uses the built-in OCT phantom (an imbalanced set of healthy, benign and melanoma
+        exams). It splits the data by patient, trains ``bundles/oct_ddpm`` with small settings on the CPU,
+        balances the training split with synthetic images, and writes ``report.md``, ``samples.png`` and
+        ``summary.json`` to ``output_dir``.
 
         Args:
             output_dir: where everything is written.
             data: your data set (a folder per class, a CSV or a DICOM folder); default: the phantom.
             exams: phantom exams to generate when no data is given.
-            seed: random seed for the phantom and the split.
+            seed: random seed for the phantom, the split, training and sampling.
+            epochs: training epochs (default 30).
+            steps: DDIM sampling steps when multiplying (default 25).
+            train: train and multiply (--notrain: the data stage and the report only).
+            quick: tiny settings that finish in well under a minute (a smoke test: the pictures are noise).
         """
-        from medicraft_monai.demo import run_demo
+        from medicraft_monai.demo import DemoSettings, run_demo
 
-        run_demo(output_dir, data=data, exams=exams, seed=seed)
+        settings = DemoSettings.quick() if quick else DemoSettings(exams=exams)
+        if epochs is not None:
+            settings.max_epochs = int(epochs)
+        if steps is not None:
+            settings.sampling_steps = int(steps)
+        settings.train = bool(train)
+        run_demo(output_dir, data=data, exams=settings.exams, seed=seed, settings=settings)
 
     def info(self) -> None:
         """Print the versions of medicraft_monai and of the libraries it runs on."""

@@ -76,3 +76,32 @@ def test_datalist_on_an_empty_folder_fails_clearly(tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert "empty" in proc.stderr and "no image files" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_phantom_command_writes_png_and_dicom_data_sets_with_datalists(tmp_path: Path) -> None:
+    import pydicom
+
+    png = tmp_path / "png"
+    out = run_cli("phantom", str(png), "--exams", "6", "--height", "64", "--width", "128", "--seed", "5").stdout
+    datalist = json.loads((png / "datalist.json").read_text())
+    assert datalist["labels"] == {"0": "healthy", "1": "benign", "2": "melanoma"}
+    items = [it for s in ("training", "validation", "test") for it in datalist[s]]
+    assert len(items) == 6 * 12 and len(list((png / "images").rglob("*.png"))) == 72
+    assert {it["plane_angle"] for it in items} == {30.0 * k for k in range(12)}
+    assert "total" in out and str(72) in out
+    assert len(list((png / "ground_truth").glob("*.npz"))) == 6
+
+    dcm = tmp_path / "dcm"
+    run_cli("phantom", str(dcm), "--exams", "3", "--fmt", "dicom", "--height", "64", "--width", "128")
+    files = sorted((dcm / "images").rglob("*.dcm"))
+    assert len(files) == 3
+    ds = pydicom.dcmread(files[0])
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.77.1.5.4" and int(ds.NumberOfFrames) == 12
+    datalist = json.loads((dcm / "datalist.json").read_text())
+    assert sum(len(datalist[s]) for s in ("training", "validation", "test")) == 36
+
+    # a second run into the same folder would mix two data sets: refused, unless --overwrite
+    again = run_cli("phantom", str(png), "--exams", "2", check=False)
+    assert again.returncode == 2 and "already holds a phantom data set" in again.stderr
+    run_cli("phantom", str(png), "--exams", "2", "--height", "64", "--width", "128", "--overwrite")
+    assert len(list((png / "images").rglob("*.png"))) == 24

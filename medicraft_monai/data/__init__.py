@@ -44,6 +44,7 @@ from .io import (
     write_nifti_bscan,
 )
 from .keys import OCTKeys, OCTMetaKeys, normalise_laterality
+from .phantom import BScanTruth, OCTPhantom, PhantomConfig, PhantomExam, load_phantom_truth, write_phantom_dataset
 from .vendor import convert_vendor_to_dicom, read_vendor_volume
 
 __all__ = [
@@ -60,8 +61,12 @@ __all__ = [
     "OCTDataError",
     "OCTKeys",
     "OCTMetaKeys",
+    "BScanTruth",
+    "OCTPhantom",
     "OphthalmicTomographyReader",
     "OphthalmicTomographyWriter",
+    "PhantomConfig",
+    "PhantomExam",
     "SplitLeakError",
     "UnknownLabelError",
     "UnsupportedFormatError",
@@ -73,6 +78,7 @@ __all__ = [
     "dicom_folder_items",
     "image_format",
     "load_datalist",
+    "load_phantom_truth",
     "normalise_laterality",
     "probe_image",
     "read_bscan",
@@ -85,4 +91,5 @@ __all__ = [
     "write_datalist",
     "write_nifti_bscan",
     "write_oct_dicom",
+    "write_phantom_dataset",
 ]
