@@ -135,6 +135,7 @@ class DemoSettings:
         sampling_steps: DDIM steps when multiplying.
         guidance_scale: classifier-free guidance weight when multiplying.
         grid_per_class: real and synthetic images per class in the report's grid.
+        ema_momentum: weight of the newest weights in the EMA (1/momentum iterations are averaged).
         train: train a model and multiply (False: the data stage and the report only).
     """
 
@@ -151,6 +152,7 @@ class DemoSettings:
     sampling_steps: int = 25
     guidance_scale: float = 1.0
     grid_per_class: int = 4
+    ema_momentum: float = 0.01
     train: bool = True
     extra_overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -203,6 +205,9 @@ def _train(bundle: Path, datalist_path: Path, class_names: list[str], out: Path,
         "grid_per_class": 2,
         "grid_steps": 10,
         "ckpt_interval": 200,
+        # a short run: the EMA must follow the last ~100 iterations, not the bundle's long-run 0.0002 (which
+        # would keep the saved weights close to their random start)
+        "ema_momentum": s.ema_momentum,
         "ema_warmup_iters": 50,
         **s.extra_overrides,
     }
@@ -216,6 +221,13 @@ def _train(bundle: Path, datalist_path: Path, class_names: list[str], out: Path,
     if not weights.is_file():
         raise RuntimeError(f"{weights}: training finished without writing the model")
     return weights
+
+
+def _fast_sampling() -> dict[str, Any]:
+    """bf16 autocast + channels-last sampling where this CPU has native bf16 (about 3.5x faster here)."""
+    from medicraft_monai.bundle_utils import bf16_is_fast
+
+    return {"amp_dtype": "bfloat16", "channels_last": True} if bf16_is_fast("cpu") else {}
 
 
 def _grid_rows(
@@ -344,7 +356,7 @@ def run_demo(
             num_inference_steps=s.sampling_steps,
             guidance_scale=s.guidance_scale,
             ckpt_path=weights_path,
-            overrides={**s.network_overrides(), "class_names": class_names},
+            overrides={**s.network_overrides(), "class_names": class_names, **_fast_sampling()},
             device="cpu",
         )
         combined = load_datalist(result["datalist_combined"])
