@@ -26,6 +26,7 @@ import numpy as np
 import pydicom
 import pytest
 import torch
+from _subprocess import run_group
 from monai.networks.nets import DiffusionModelUNet
 
 from medicraft_monai.data import OCTDataError, UnknownLabelError, load_datalist, read_bscan, write_datalist
@@ -488,7 +489,7 @@ def test_torchrun_two_processes_shard_the_job(
         "--progress",
         "False",
     ]
-    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=180)
+    proc = run_group(cmd, 180, env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout[proc.stdout.index("{") :])  # printed once, by rank 0
     assert summary["world_size"] == 2 and summary["total"] == 11 and summary["generated"] == 11

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _subprocess import run_group
 from ignite.engine import Engine, Events
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -91,7 +92,7 @@ def bundle_cmd(configs: list[str], bundle_root: Path, **overrides) -> list[str]:
 
 
 def run(cmd: list[str], expect_ok: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+    proc = run_group(cmd, timeout, cwd=REPO_ROOT)
     if expect_ok and proc.returncode != 0:
         pytest.fail(f"{' '.join(cmd)}\nfailed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-5000:]}", False)
     return proc
