@@ -138,7 +138,7 @@ class MedicraftCLI:
         self,
         datalist: str,
         output_dir: str,
-        bundle: str = "bundles/oct_ddpm",
+        bundle: str | None = None,
         target: str | float | dict = "balance",
         fmt: str = "png",
         bit_depth: int = 8,
@@ -162,7 +162,7 @@ class MedicraftCLI:
         Args:
             datalist: the real datalist JSON (see ``medicraft datalist``).
             output_dir: where the images, manifest and datalists go.
-            bundle: the generator bundle folder (default bundles/oct_ddpm).
+            bundle: the generator bundle folder (default: this checkout's bundles/oct_ddpm).
             target: "balance" (every class up to the largest), "multiply:N" (every class to N times its count),
                 or images to add per class as JSON, e.g. '{"melanoma": 200}'.
             fmt: png (default), nifti or dicom.
@@ -177,12 +177,13 @@ class MedicraftCLI:
             split: the split whose real images are counted.
             progress: show progress and print count tables.
         """
+        from medicraft_monai.demo import find_bundle
         from medicraft_monai.synthesis import multiply
 
         multiply(
             datalist,
             output_dir,
-            bundle_root=bundle,
+            bundle_root=bundle or find_bundle("oct_ddpm"),
             target=target,
             split=split,
             fmt=fmt,

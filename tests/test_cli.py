@@ -105,3 +105,15 @@ def test_phantom_command_writes_png_and_dicom_data_sets_with_datalists(tmp_path:
     assert again.returncode == 2 and "already holds a phantom data set" in again.stderr
     run_cli("phantom", str(png), "--exams", "2", "--height", "64", "--width", "128", "--overwrite")
     assert len(list((png / "images").rglob("*.png"))) == 24
+
+
+def test_multiply_command_refuses_a_missing_checkpoint_before_any_work(tmp_path: Path) -> None:
+    phantom = tmp_path / "ph"
+    run_cli("phantom", str(phantom), "--exams", "3", "--height", "64", "--width", "128")
+    out = tmp_path / "mult"
+    proc = run_cli(
+        "multiply", str(phantom / "datalist.json"), str(out), "--ckpt", str(tmp_path / "none.pt"), check=False
+    )
+    assert proc.returncode == 2
+    assert "none.pt: checkpoint not found" in proc.stderr and "Traceback" not in proc.stderr
+    assert not list(out.rglob("*.png"))
