@@ -138,15 +138,15 @@ class MedicraftCLI:
         self,
         datalist: str,
         output_dir: str,
-        bundle: str | None = None,
+        bundle_root: str | None = None,
         target: str | float | dict = "balance",
         fmt: str = "png",
         bit_depth: int = 8,
         batch_size: int = 16,
         seed: int = 0,
-        steps: int | None = None,
-        guidance: float | None = None,
-        ckpt: str | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        ckpt_path: str | None = None,
         sampler: str | None = None,
         device: str | None = None,
         split: str = "training",
@@ -162,16 +162,16 @@ class MedicraftCLI:
         Args:
             datalist: the real datalist JSON (see ``medicraft datalist``).
             output_dir: where the images, manifest and datalists go.
-            bundle: the generator bundle folder (default: this checkout's bundles/oct_ddpm).
+            bundle_root: the generator bundle folder (default: this checkout's bundles/oct_ddpm).
             target: "balance" (every class up to the largest), "multiply:N" (every class to N times its count),
                 or images to add per class as JSON, e.g. '{"melanoma": 200}'.
             fmt: png (default), nifti or dicom.
             bit_depth: 8 or 16.
             batch_size: images sampled together.
             seed: the job's seed (each image's seed derives from it, its class and its index).
-            steps: sampling steps (default: the bundle's).
-            guidance: classifier-free guidance scale (default: the bundle's).
-            ckpt: weights to use (default: the bundle's models/model.pt).
+            num_inference_steps: sampling steps (default: the bundle's).
+            guidance_scale: classifier-free guidance scale (default: the bundle's).
+            ckpt_path: weights to use (default: the bundle's models/model.pt).
             sampler: ddim or ddpm (default: the bundle's).
             device: cpu, cuda, cuda:1 ... (default: CUDA when available).
             split: the split whose real images are counted.
@@ -183,16 +183,16 @@ class MedicraftCLI:
         multiply(
             datalist,
             output_dir,
-            bundle_root=bundle or find_bundle("oct_ddpm"),
+            bundle_root=bundle_root or find_bundle("oct_ddpm"),
             target=target,
             split=split,
             fmt=fmt,
             bit_depth=bit_depth,
             batch_size=batch_size,
             seed=seed,
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            ckpt_path=ckpt,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            ckpt_path=ckpt_path,
             overrides={"sampler": sampler} if sampler else None,
             device=device,
             progress=progress,

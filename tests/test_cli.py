@@ -112,7 +112,7 @@ def test_multiply_command_refuses_a_missing_checkpoint_before_any_work(tmp_path:
     run_cli("phantom", str(phantom), "--exams", "3", "--height", "64", "--width", "128")
     out = tmp_path / "mult"
     proc = run_cli(
-        "multiply", str(phantom / "datalist.json"), str(out), "--ckpt", str(tmp_path / "none.pt"), check=False
+        "multiply", str(phantom / "datalist.json"), str(out), "--ckpt_path", str(tmp_path / "none.pt"), check=False
     )
     assert proc.returncode == 2
     assert "none.pt: checkpoint not found" in proc.stderr and "Traceback" not in proc.stderr
