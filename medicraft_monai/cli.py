@@ -221,7 +221,7 @@ class MedicraftCLI:
             data: your data set (a folder per class, a CSV or a DICOM folder); default: the phantom.
             exams: phantom exams to generate when no data is given.
             seed: random seed for the phantom, the split, training and sampling.
-            epochs: training epochs (default 30).
+            epochs: training epochs (default 50).
             steps: DDIM sampling steps when multiplying (default 25).
             train: train and multiply (--notrain: the data stage and the report only).
             quick: tiny settings that finish in well under a minute (a smoke test: the pictures are noise).

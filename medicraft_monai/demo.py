@@ -145,7 +145,7 @@ class DemoSettings:
     channels: tuple[int, ...] = (32, 64, 64)
     attention_levels: tuple[bool, ...] = (False, False, True)
     num_res_blocks: int = 1
-    max_epochs: int = 30
+    max_epochs: int = 50
     batch_size: int = 16
     learning_rate: float = 5e-4
     num_train_timesteps: int = 1000
