@@ -65,14 +65,14 @@ def step_time(network, inferer, batch: int, shape, steps: int) -> float:
 def speed_part(args) -> dict:
     import torch
 
-    from medicraft_monai.bundle_utils import _randomise_zero_weights
+    from medicraft_monai.bundle_utils import randomise_zero_weights
     from medicraft_monai.inferers import ClassConditionedDiffusionInferer, make_scheduler, seeded_noise
 
     parser = build()
     network = parser.get_parsed_content("network_def").eval()
     # MONAI zero-initialises the output layers: redraw them so the network's output (and the bf16 comparison)
     # is not trivially zero
-    _randomise_zero_weights(network)
+    randomise_zero_weights(network)
     size = parser.get_parsed_content("image_size")
     shape = (1, *size)
     n_params = sum(p.numel() for p in network.parameters())

@@ -412,13 +412,17 @@ def _forward_kwargs(network: torch.nn.Module, inputs: Mapping[str, torch.Tensor]
     return kwargs
 
 
-def _randomise_zero_weights(network: torch.nn.Module, seed: int = 0) -> None:
-    """MONAI zero-initialises some output layers; give them small random weights so outputs depend on inputs."""
+def randomise_zero_weights(network: torch.nn.Module, seed: int = 0, std: float = 0.05) -> torch.nn.Module:
+    """MONAI zero-initialises some output layers; give them small random weights so outputs depend on inputs.
+
+    For checks, tests and benchmarks of untrained networks; returns the network.
+    """
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in network.parameters():
             if p.dim() > 1 and not p.any():
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
+    return network
 
 
 def verify_bundle_network(
@@ -490,7 +494,7 @@ def verify_bundle_network(
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         network.load_state_dict(state["state_dict"] if "state_dict" in state else state)
     else:
-        _randomise_zero_weights(network)
+        randomise_zero_weights(network)
     network = network.to(device).eval()
 
     image_shape = [int(s) for s in fmt["inputs"]["image"]["spatial_shape"]]

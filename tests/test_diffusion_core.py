@@ -8,6 +8,7 @@ from ignite.engine import Events
 from monai.engines import SupervisedTrainer
 from monai.networks.nets import DiffusionModelUNet
 
+from medicraft_monai.bundle_utils import randomise_zero_weights
 from medicraft_monai.engines import ClassConditionedPrepareBatch
 from medicraft_monai.inferers import ClassConditionedDiffusionInferer, make_scheduler, seeded_noise
 
@@ -28,11 +29,8 @@ def tiny_unet(random_output: bool = False) -> DiffusionModelUNet:
         norm_num_groups=8,
         num_class_embeds=NUM_CLASSES + 1,
     )
-    if random_output:
-        # MONAI zero-initialises the output and the residual blocks' last convolutions
-        for p in net.parameters():
-            if p.dim() > 1 and not p.any():
-                torch.nn.init.normal_(p, std=0.1)
+    if random_output:  # MONAI zero-initialises the output and the residual blocks' last convolutions
+        randomise_zero_weights(net, std=0.1)
     return net
 
 

@@ -29,6 +29,7 @@ import torch
 from _subprocess import run_group
 from monai.networks.nets import DiffusionModelUNet
 
+from medicraft_monai.bundle_utils import randomise_zero_weights
 from medicraft_monai.data import OCTDataError, UnknownLabelError, load_datalist, read_bscan, write_datalist
 from medicraft_monai.synthesis.generator import DiffusionGenerator, GeneratorError
 from medicraft_monai.synthesis.multiply import MANIFEST_FIELDS, image_seed, multiply, plan_tasks
@@ -55,10 +56,7 @@ def tiny_unet(num_classes: int, channels: tuple[int, int] = (8, 16)) -> Diffusio
         norm_num_groups=8,
         num_class_embeds=num_classes + 1,
     )
-    for p in net.parameters():  # MONAI zero-initialises the output convolutions: re-draw them so outputs vary
-        if p.dim() > 1 and not p.any():
-            torch.nn.init.normal_(p, std=0.1)
-    return net
+    return randomise_zero_weights(net, std=0.1)  # MONAI zero-initialises output convolutions: outputs must vary
 
 
 def make_tiny_bundle(root: Path, class_names: list[str] = GEN_CLASSES) -> Path:
@@ -657,10 +655,7 @@ def test_oct_ddpm_bundle_multiplies_through_monai_bundle(real_datalist: Path, tm
     parser.read_config(str(root / "configs" / "inference.json"))
     parser.update(dict(TINY_OVERRIDES))
     net = parser.get_parsed_content("network_def")
-    torch.manual_seed(0)
-    for p in net.parameters():  # random output so images vary
-        if p.dim() > 1 and not p.any():
-            torch.nn.init.normal_(p, std=0.1)
+    randomise_zero_weights(net, std=0.1)  # random output so images vary
     torch.save(net.state_dict(), root / "models" / "model.pt")
 
     out = tmp_path / "out"
