@@ -1,0 +1,1 @@
+"""Evaluation of synthetic OCT data: utility, fidelity, diversity, privacy (memorisation) and anatomy."""
