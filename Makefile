@@ -5,13 +5,23 @@ OUT ?= demo_output
 DATA ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint format benchmark clean
+.PHONY: setup label-setup deploy-setup demo test lint format benchmark clean
 
 $(VENV)/.installed: pyproject.toml scripts/setup_env.sh
 	bash scripts/setup_env.sh $(VENV)
 	touch $@
 
 setup: $(VENV)/.installed
+
+# MONAI Label and MONAI Deploy pin clashing versions, so each has its own virtual environment
+LABEL_VENV ?= .venv-label
+DEPLOY_VENV ?= .venv-deploy
+
+label-setup:
+	bash scripts/setup_label_env.sh $(LABEL_VENV)
+
+deploy-setup:
+	bash scripts/setup_deploy_env.sh $(DEPLOY_VENV)
 
 demo: setup
 	$(VENV)/bin/medicraft demo --output_dir $(OUT) $(if $(DATA),--data $(DATA),)
@@ -24,7 +34,7 @@ format: setup
 	$(PY) -m ruff check --fix medicraft_monai tests benchmarks
 	$(PY) -m ruff format medicraft_monai tests benchmarks
 
-test: lint
+test: lint label-setup deploy-setup
 	$(PY) -m pytest -n auto --dist loadfile $(PYTEST_ARGS)
 
 benchmark: setup

@@ -1,0 +1,138 @@
+"""Input discovery, reading that never stops a batch, and atomic JSON/CSV outputs for the Deploy apps.
+
+An application's input is a file or a folder (searched recursively; hidden files and folders are skipped). Every
+file becomes one :class:`InputFrame` per B-scan it holds (a multi-frame DICOM Ophthalmic Tomography exam gives one
+per frame); a file that cannot be read becomes a single :class:`InputFrame` with ``error`` set to the reader's
+message (``"path: reason"``, see :mod:`medicraft_monai.data.errors`), so the application reports it in its outputs
+and goes on with the other files.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medicraft_monai.data.errors import OCTDataError
+from medicraft_monai.data.io import read_frames
+
+__all__ = ["InputFrame", "list_input_files", "read_input_frames", "write_csv_atomic", "write_json_atomic"]
+
+
+@dataclass
+class InputFrame:
+    """One B-scan of the input, or one input file that could not be read.
+
+    Attributes:
+        source: the file, relative to the input folder (posix), or its name when the input is a single file.
+        path: the file's full path.
+        frame: the frame index in the file (0 for single images).
+        num_frames: frames in the file (0 when it could not be read).
+        format: "png", "jpeg", "tiff", "nifti" or "dicom" ("" when unknown).
+        image: the (H, W) B-scan as stored (uint8, uint16 or float32), ``None`` on error.
+        meta: the reader's metadata (:func:`medicraft_monai.data.read_bscan` keys).
+        error: why the file could not be read ("" when it was read).
+    """
+
+    source: str
+    path: str
+    frame: int = 0
+    num_frames: int = 0
+    format: str = ""
+    image: np.ndarray | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """Whether the B-scan was read."""
+        return not self.error and self.image is not None
+
+
+def _hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def list_input_files(input_path: str | PathLike) -> list[Path]:
+    """The files to process: ``input_path`` itself, or every non-hidden file under it in sorted order.
+
+    Raises:
+        FileNotFoundError: the input does not exist.
+    """
+    root = Path(input_path)
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: input file or folder not found")
+    return sorted(p for p in root.rglob("*") if p.is_file() and not _hidden(p, root))
+
+
+def read_input_frames(input_path: str | PathLike) -> list[InputFrame]:
+    """Read every input file into :class:`InputFrame` records; unreadable files become records with an error.
+
+    Raises:
+        FileNotFoundError: the input does not exist (a missing input is the caller's mistake, not a bad file).
+    """
+    root = Path(input_path)
+    records: list[InputFrame] = []
+    for path in list_input_files(root):
+        source = path.name if root.is_file() else path.relative_to(root).as_posix()
+        try:
+            frames, metas = read_frames(path)
+        except OCTDataError as err:
+            records.append(InputFrame(source, str(path), error=str(err)))
+            continue
+        except Exception as err:  # noqa: BLE001 - any failure of one file is reported, the batch goes on
+            records.append(InputFrame(source, str(path), error=f"{path}: {type(err).__name__}: {err}"))
+            continue
+        for index, (image, meta) in enumerate(zip(frames, metas)):
+            records.append(
+                InputFrame(
+                    source,
+                    str(path),
+                    frame=index,
+                    num_frames=int(frames.shape[0]),
+                    format=str(meta.get("format", "")),
+                    image=np.asarray(image),
+                    meta=dict(meta),
+                )
+            )
+    return records
+
+
+def _replace_atomic(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json_atomic(path: str | PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON under a temporary name and rename it into place."""
+    return _replace_atomic(Path(path), json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_csv_atomic(path: str | PathLike, rows: Iterable[Mapping[str, Any]], fieldnames: Sequence[str]) -> Path:
+    """Write ``rows`` (missing keys empty) as CSV under a temporary name and rename it into place."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(fieldnames), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in fieldnames})
+    return _replace_atomic(Path(path), buf.getvalue())

@@ -1,0 +1,298 @@
+"""The work of the ``synthesize`` app: N synthetic B-scans per class from a generator bundle, marked and recorded.
+
+The generator is loaded with :meth:`~medicraft_monai.synthesis.generator.DiffusionGenerator.from_bundle` (the one
+code path every sampler in medicraft_monai uses); file names and seeds follow ``medicraft multiply``
+(:func:`~medicraft_monai.synthesis.multiply.plan_tasks`), files are written by
+:func:`~medicraft_monai.synthesis.writers.write_synthetic_image` (PNG with provenance text, NIfTI, or DICOM with
+ImageType DERIVED\\SECONDARY and a SYNTHETIC series description). Under the output folder::
+
+    images/<class>/synthetic_<class>_<index>_s<seed>.png   one file per image
+    manifest.jsonl                                         one record per image, appended batch by batch
+    manifest.csv                                           the same records as a table
+    synthesis.json                                         the request, the model, counts per class
+
+A rerun with the same request and model skips the images its manifest already records (and that exist).
+
+The request (:class:`SynthesisRequest`) comes from, lowest priority first: the defaults, ``MEDICRAFT_SYNTH_*``
+environment variables (e.g. ``MEDICRAFT_SYNTH_NUM_IMAGES_PER_CLASS=8``), and a ``synthesis_request.json`` in the
+input folder (or the input file itself, when it is a JSON file).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timezone
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from medicraft_monai.synthesis.generator import DiffusionGenerator, GeneratorError, file_sha256
+from medicraft_monai.synthesis.multiply import MANIFEST_FIELDS, plan_tasks
+from medicraft_monai.synthesis.writers import check_format, write_synthetic_image
+
+from .inputs import write_csv_atomic, write_json_atomic
+
+__all__ = [
+    "ENV_PREFIX",
+    "RECORD_FIELDS",
+    "REQUEST_FILE",
+    "SynthesisRequest",
+    "resolve_bundle",
+    "synthesize",
+]
+
+logger = logging.getLogger(__name__)
+
+REQUEST_FILE = "synthesis_request.json"
+ENV_PREFIX = "MEDICRAFT_SYNTH_"
+APP_NAME = "medicraft_monai.deploy.synthesize"
+RECORD_FIELDS: tuple[str, ...] = (*MANIFEST_FIELDS, "synthetic")
+"""Columns of ``manifest.csv``: those of ``medicraft multiply`` plus ``synthetic`` (always true)."""
+
+
+@dataclass
+class SynthesisRequest:
+    """What to synthesise.
+
+    Attributes:
+        num_images_per_class: images per class (N).
+        classes: class names (default: all the generator's classes).
+        seed: the job's seed (image ``i`` of class ``c`` gets ``image_seed(seed, c, i)``, as in ``medicraft multiply``).
+        num_inference_steps: sampling steps (default: the bundle's).
+        guidance_scale: classifier-free guidance weight (default: the bundle's).
+        format: "png", "nifti" or "dicom".
+        bit_depth: 8 or 16.
+        batch_size: images sampled together (memory only; images do not depend on it).
+    """
+
+    num_images_per_class: int = 4
+    classes: list[str] | None = None
+    seed: int = 0
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    format: str = "png"
+    bit_depth: int = 8
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        if isinstance(self.classes, str):
+            self.classes = [c.strip() for c in self.classes.split(",") if c.strip()]
+        self.num_images_per_class = int(self.num_images_per_class)
+        self.seed = int(self.seed)
+        self.batch_size = int(self.batch_size)
+        if self.num_inference_steps is not None:
+            self.num_inference_steps = int(self.num_inference_steps)
+        if self.guidance_scale is not None:
+            self.guidance_scale = float(self.guidance_scale)
+        self.format, self.bit_depth = check_format(self.format, int(self.bit_depth))
+        if self.num_images_per_class < 0:
+            raise ValueError(f"num_images_per_class must be >= 0, got {self.num_images_per_class}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.num_inference_steps is not None and self.num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {self.num_inference_steps}")
+
+    @classmethod
+    def from_sources(
+        cls, input_path: str | PathLike | None = None, environ: Mapping[str, str] | None = None
+    ) -> SynthesisRequest:
+        """The request from the environment (``MEDICRAFT_SYNTH_<FIELD>``) and a request JSON in the input, which wins.
+
+        Raises:
+            ValueError: an unknown key, a bad value, or a request file that is not a JSON object (named).
+        """
+        env = os.environ if environ is None else environ
+        names = {f.name for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for name in names:
+            raw = env.get(ENV_PREFIX + name.upper())
+            if raw not in (None, ""):
+                values[name] = raw
+        request_file = _request_file(input_path)
+        if request_file is not None:
+            try:
+                data = json.loads(request_file.read_text())
+            except ValueError as err:
+                raise ValueError(f"{request_file}: not valid JSON ({err})") from err
+            if not isinstance(data, dict):
+                raise ValueError(f"{request_file}: a request must be a JSON object with keys {sorted(names)}")
+            unknown = sorted(set(data) - names)
+            if unknown:
+                raise ValueError(f"{request_file}: unknown request key(s) {unknown}; known: {sorted(names)}")
+            values.update(data)
+        try:
+            return cls(**values)
+        except (TypeError, ValueError) as err:
+            where = request_file or "MEDICRAFT_SYNTH_* environment"
+            raise ValueError(f"{where}: {err}") from err
+
+
+def _request_file(input_path: str | PathLike | None) -> Path | None:
+    if input_path is None:
+        return None
+    path = Path(input_path)
+    if path.is_file() and path.suffix.lower() == ".json":
+        return path
+    if path.is_dir() and (path / REQUEST_FILE).is_file():
+        return path / REQUEST_FILE
+    return None
+
+
+def resolve_bundle(model_path: str | PathLike) -> Path:
+    """The generator bundle behind ``model_path``: the folder itself when it holds ``configs/inference.json``, or the
+    one sub-folder that does (a MAP's model folder).
+
+    Raises:
+        GeneratorError: no bundle, or several, found.
+    """
+    path = Path(model_path)
+    if (path / "configs" / "inference.json").is_file():
+        return path
+    if path.is_dir():
+        found = sorted(p for p in path.iterdir() if (p / "configs" / "inference.json").is_file())
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            raise GeneratorError(f"{path}: holds {len(found)} bundles ({[p.name for p in found]}); give one with -m")
+    raise GeneratorError(f"{path}: not a generator bundle (no configs/inference.json here or in one sub-folder)")
+
+
+def _dicom_uids(checksum: str, job_seed: int, class_name: str, index: int, seed: int) -> dict[str, str]:
+    """Deterministic UIDs: one study per job, one series per class, so a rerun writes the same identifiers."""
+    from pydicom.uid import generate_uid
+
+    job = [checksum, str(job_seed), APP_NAME]
+    return {
+        "study": generate_uid(entropy_srcs=[*job, "study"]),
+        "series": generate_uid(entropy_srcs=[*job, "series", class_name]),
+        "sop": generate_uid(entropy_srcs=[*job, "sop", class_name, str(index), str(seed)]),
+    }
+
+
+def _existing_records(out: Path, identity: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Records of an earlier run of the same job whose files exist (path -> record)."""
+    manifest = out / "manifest.jsonl"
+    if not manifest.is_file():
+        return {}
+    known: dict[str, dict[str, Any]] = {}
+    for line in manifest.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a crash
+        if all(rec.get(k) == v for k, v in identity.items()) and (out / rec["path"]).is_file():
+            known[rec["path"]] = rec
+    return known
+
+
+def synthesize(
+    generator: DiffusionGenerator, request: SynthesisRequest, output_dir: str | PathLike, progress: bool = True
+) -> dict[str, Any]:
+    """Sample and write the images ``request`` asks for, with a manifest and a summary.
+
+    Returns:
+        the summary written to ``synthesis.json`` (``request``, ``model``, ``counts``, ``generated``, ``skipped``,
+        ``manifest``, ``manifest_csv``, ``images``), with ``records`` (the manifest's records) added.
+
+    Raises:
+        GeneratorError: an unknown class.
+    """
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    classes = [generator.class_names[generator.class_index(c)] for c in (request.classes or generator.class_names)]
+    steps = int(request.num_inference_steps or generator.num_inference_steps)
+    guidance = float(generator.guidance_scale if request.guidance_scale is None else request.guidance_scale)
+    plan = dict.fromkeys(classes, request.num_images_per_class)
+    tasks = plan_tasks(plan, generator.class_names, base_seed=request.seed, fmt=request.format)
+    identity = {
+        "model_sha256": generator.checksum,
+        "job_seed": request.seed,
+        "steps": steps,
+        "guidance_scale": guidance,
+        "format": request.format,
+        "bit_depth": request.bit_depth,
+    }
+    known = _existing_records(out, identity)
+    todo = [t for t in tasks if t.relpath not in known]
+    bundle = Path(generator.bundle_root).resolve().name
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    batches = [todo[i : i + request.batch_size] for i in range(0, len(todo), request.batch_size)]
+    with open(out / "manifest.jsonl", "a", encoding="utf-8") as journal:
+        for batch in tqdm(batches, desc="synthesising", disable=not progress):
+            images = generator.generate([t.class_name for t in batch], [t.seed for t in batch], steps, guidance)
+            for task, image in zip(batch, images):
+                provenance = {
+                    **generator.provenance(task.class_name, task.seed, steps, guidance),
+                    "synthetic": True,
+                    "app": APP_NAME,
+                    "created": created,
+                }
+                options: dict[str, Any] = {}
+                if request.format == "dicom":
+                    options = {
+                        "class_name": task.class_name,
+                        "instance_number": task.index + 1,
+                        "uids": _dicom_uids(generator.checksum, request.seed, task.class_name, task.index, task.seed),
+                    }
+                path = write_synthetic_image(
+                    out / task.relpath, image, request.format, request.bit_depth, provenance=provenance, **options
+                )
+                known[task.relpath] = {
+                    "path": task.relpath,
+                    "class_name": task.class_name,
+                    "label": task.label,
+                    "index": task.index,
+                    "seed": task.seed,
+                    "sampler": generator.sampler,
+                    "steps": steps,
+                    "guidance_scale": guidance,
+                    "model_sha256": generator.checksum,
+                    "format": request.format,
+                    "bit_depth": request.bit_depth,
+                    "height": int(generator.image_shape[1]),
+                    "width": int(generator.image_shape[2]),
+                    "sha256": file_sha256(path),
+                    "bundle": bundle,
+                    "job_seed": request.seed,
+                    "synthetic": True,
+                }
+                journal.write(json.dumps(known[task.relpath], sort_keys=True) + "\n")
+            journal.flush()
+            os.fsync(journal.fileno())
+    records = [known[t.relpath] for t in tasks]
+    write_csv_atomic(out / "manifest.csv", records, RECORD_FIELDS)
+    counts = {c: sum(1 for r in records if r["class_name"] == c) for c in classes}
+    summary = {
+        "app": APP_NAME,
+        "synthetic": True,
+        "created": created,
+        "request": asdict(request),
+        "model": {
+            "bundle": bundle,
+            "bundle_root": generator.bundle_root,
+            "sha256": generator.checksum,
+            "class_names": list(generator.class_names),
+            "sampler": generator.sampler,
+            "steps": steps,
+            "guidance_scale": guidance,
+            "image_shape": list(generator.image_shape),
+        },
+        "counts": counts,
+        "total": len(records),
+        "generated": len(todo),
+        "skipped": len(tasks) - len(todo),
+        "images": "images",
+        "manifest": "manifest.jsonl",
+        "manifest_csv": "manifest.csv",
+    }
+    write_json_atomic(out / "synthesis.json", summary)
+    logger.info(
+        "synthesised %d image(s) (%d already there) of %s under %s", len(todo), len(tasks) - len(todo), counts, out
+    )
+    return {**summary, "records": records}

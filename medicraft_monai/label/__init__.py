@@ -1,0 +1,35 @@
+"""MONAI Label app of medicraft_monai: synthesize on demand, classify, expert review and the feedback loop.
+
+The app folder is this package's folder (:func:`app_dir`): ``main.py`` holds the ``MONAILabelApp`` subclass and
+``lib/`` its tasks; both import MONAI Label and run only in its own environment (``.venv-label``, made by
+``scripts/setup_label_env.sh``). What the main environment uses needs no MONAI Label:
+
+- :mod:`~medicraft_monai.label.review`: the anomaly vocabulary and verdict validation;
+- :mod:`~medicraft_monai.label.export`: :func:`export_reviews` (accepted datalist + report) and
+  :func:`filter_accepted` (keep only accepted synthetic images);
+- :mod:`~medicraft_monai.label.finetune`: the fine-tuning datalist and weight loading.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .export import export_reviews, filter_accepted, load_reviews
+from .review import ANOMALY_TAGS, REVIEW_TAG, ReviewError, decide, validate_verdict
+
+__all__ = [
+    "ANOMALY_TAGS",
+    "REVIEW_TAG",
+    "ReviewError",
+    "app_dir",
+    "decide",
+    "export_reviews",
+    "filter_accepted",
+    "load_reviews",
+    "validate_verdict",
+]
+
+
+def app_dir() -> Path:
+    """The MONAI Label app folder (give it to ``monailabel start_server --app``)."""
+    return Path(__file__).resolve().parent

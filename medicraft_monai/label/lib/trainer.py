@@ -1,0 +1,167 @@
+"""MONAI Label train task ``finetune``: fine-tune the generator bundle on real plus expert-accepted images.
+
+Runs the generator bundle's own ``configs/train.json`` with ``python -m monai.bundle run`` in a subprocess (its
+log next to the run), starting from the weights in use, and publishes the result for the ``synthesize`` task.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from fastapi import HTTPException
+from monailabel.interfaces.tasks.train import TrainTask
+
+from medicraft_monai.label.export import accepted_items, load_reviews
+from medicraft_monai.label.finetune import build_finetune_datalist, imports_override, network_override
+from medicraft_monai.label.lib.infers import CURRENT_GENERATOR, current_generator_ckpt
+from medicraft_monai.synthesis.generator import file_sha256
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FinetuneGenerator"]
+
+_SCALARS = (str, int, float, bool)
+
+
+class FinetuneGenerator(TrainTask):
+    """Fine-tune the generator on real + accepted images and publish the new weights.
+
+    Request params (``POST /train/finetune`` JSON body): ``real_datalist`` (a datalist of real images in the
+    project's format; default: the app's ``real_datalist`` conf), ``rule`` (how reviewers combine), ``publish``
+    (default true: later ``synthesize`` calls use the new weights), ``timeout_s``, and any train.json key with a
+    scalar value, e.g. ``max_epochs``, ``learning_rate``, ``batch_size`` (passed as ``--key value``), or
+    ``overrides`` (a mapping of further keys).
+
+    Args:
+        bundle_root: the generator bundle.
+        studies: the studies folder (reviews, and ``.medicraft/finetune/<time>/`` for each run).
+        class_names: the generator's classes in label order.
+        ckpt_path: the weights used until a fine-tuned model is published.
+        real_datalist: default datalist of real images.
+        bundle_overrides: train.json overrides of every run (the app's ``generator_overrides``: the network
+            settings that match the weights).
+        defaults: default request params (e.g. ``{"max_epochs": 20}``).
+    """
+
+    def __init__(
+        self,
+        bundle_root: str | os.PathLike,
+        studies: str | os.PathLike,
+        class_names: list[str],
+        ckpt_path: str | os.PathLike | None,
+        real_datalist: str | os.PathLike | None = None,
+        bundle_overrides: Mapping[str, Any] | None = None,
+        defaults: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__("Fine-tune the generator bundle on real plus expert-accepted synthetic images")
+        self.bundle_root = Path(bundle_root).resolve()
+        self.studies = Path(studies).resolve()
+        self.class_names = list(class_names)
+        self.ckpt_path = None if ckpt_path is None else Path(ckpt_path).resolve()
+        self.real_datalist = real_datalist
+        self.defaults = dict(defaults or {})
+        self.bundle_overrides = dict(bundle_overrides or {})
+        self._last: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def config(self) -> dict[str, Any]:
+        return {"max_epochs": 10, "rule": "unanimous", "publish": True, **self.defaults}
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self._last)
+
+    def _start_ckpt(self) -> Path:
+        ckpt = current_generator_ckpt(self.studies) or self.ckpt_path
+        if ckpt is None:
+            from monai.bundle import ConfigParser
+
+            parser = ConfigParser()
+            parser.read_config(str(self.bundle_root / "configs" / "inference.json"))
+            parser["bundle_root"] = str(self.bundle_root)
+            ckpt = Path(parser.get_parsed_content("ckpt_path"))
+        return Path(ckpt)
+
+    def __call__(self, request: dict[str, Any], datastore: Any) -> dict[str, Any]:
+        if not self._lock.acquire(blocking=False):
+            raise HTTPException(status_code=409, detail="a fine-tuning run is already in progress")
+        try:
+            return self._run(request)
+        finally:
+            self._lock.release()
+
+    def _run(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        params = {**self.config(), **{k: v for k, v in request.items() if v is not None}}
+        rule = str(params.pop("rule", "unanimous"))
+        publish = str(params.pop("publish", True)).lower() not in ("false", "0", "no")
+        timeout = float(params.pop("timeout_s", 24 * 3600))
+        real = params.pop("real_datalist", None) or self.real_datalist
+        extra = dict(params.pop("overrides", None) or {})
+        for key in ("model", "device", "bundle_path", "client_id", "name"):
+            params.pop(key, None)
+        overrides = dict(self.bundle_overrides)
+        overrides.update({k: v for k, v in params.items() if isinstance(v, _SCALARS)})
+        overrides.update(extra)
+
+        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+        run_dir = self.studies / ".medicraft" / "finetune" / stamp
+        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            items, _ = accepted_items(load_reviews(self.studies, rule), self.class_names)
+            datalist, counts = build_finetune_datalist(real, items, self.class_names, run_dir / "datalist.json")
+        except ValueError as err:  # OCTDataError, UnknownLabelError
+            raise HTTPException(status_code=422, detail=str(err)) from None
+        start = self._start_ckpt()
+        cmd = [
+            sys.executable, "-m", "monai.bundle", "run",
+            "--config_file", str(self.bundle_root / "configs" / "train.json"),
+            "--bundle_root", str(self.bundle_root),
+            "--datalist", str(datalist),
+            "--ckpt_dir", str(run_dir / "models"),
+            "--log_dir", str(run_dir / "logs"),
+            "--network", network_override(start),
+            "--imports", repr(imports_override(self.bundle_root / "configs" / "train.json")),
+        ]  # fmt: skip
+        for key, value in overrides.items():
+            cmd += [f"--{key}", value if isinstance(value, str) else repr(value)]  # parsed by fire as literals
+        log_path = run_dir / "train.log"
+        logger.info("fine-tuning: %s", " ".join(cmd))
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                code = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+                proc.wait()
+                code = -9
+        model = run_dir / "models" / "model.pt"
+        result = {
+            "run_dir": str(run_dir),
+            "log": str(log_path),
+            "started_from": str(start),
+            "started_from_sha256": file_sha256(start),
+            "returncode": code,
+            **counts,
+        }
+        if code != 0 or not model.is_file():
+            tail = log_path.read_text()[-3000:]
+            self._last = {**result, "status": "failed"}
+            raise HTTPException(status_code=500, detail=f"fine-tuning failed (exit {code}), see {log_path}:\n{tail}")
+        result.update(model=str(model), model_sha256=file_sha256(model), published=publish, status="done")
+        if publish:
+            pointer = self.studies / CURRENT_GENERATOR
+            pointer.parent.mkdir(parents=True, exist_ok=True)
+            tmp = pointer.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"ckpt": str(model), "sha256": result["model_sha256"], "run": stamp}))
+            os.replace(tmp, pointer)
+        self._last = result
+        logger.info("fine-tuning done: %s", result)
+        return result

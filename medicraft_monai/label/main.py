@@ -1,0 +1,145 @@
+"""The medicraft MONAI Label app: generate synthetic OCT B-scans on demand, classify, review, fine-tune.
+
+Start it in the MONAI Label environment (``bash scripts/setup_label_env.sh`` creates ``.venv-label``)::
+
+    PATH=.venv-label/bin:$PATH monailabel start_server --app "$(medicraft label app-dir)" --studies STUDIES \\
+        --conf generator_bundle bundles/oct_ddpm --conf classifier_bundle bundles/oct_classifier
+
+``--conf`` keys: ``generator_bundle`` (required), ``generator_ckpt``, ``classifier_bundle``, ``classifier_ckpt``,
+``classifier_datalist`` (gives the classifier its class names), ``real_datalist`` (real images for fine-tuning),
+``generator_overrides`` and ``classifier_overrides`` (JSON objects of bundle config overrides, e.g.
+``{"num_inference_steps": 20}``; the generator's also apply to fine-tuning), ``device`` (default ``cpu``), ``max_count`` (images per synthesize request, default 16), ``lease_s`` (seconds an
+image stays with the reviewer it was served to, default 300), ``auto_reload`` (watch the studies folder for
+files added by hand, default false), ``num_inference_steps`` (default sampling steps).
+
+Tasks: infer ``synthesize`` and ``classify``, strategy ``review``, train ``finetune``; see ``docs/label.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from fastapi import HTTPException
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.utils.others.generic import strtobool
+
+from medicraft_monai.label.lib.datastore import ReviewDatastore, check_image_id
+from medicraft_monai.label.lib.infers import ClassifyTask, SynthesizeTask
+from medicraft_monai.label.lib.strategy import NextUnreviewed
+from medicraft_monai.label.lib.trainer import FinetuneGenerator
+from medicraft_monai.label.review import ANOMALY_TAGS
+
+logger = logging.getLogger(__name__)
+
+
+class MedicraftLabelApp(MONAILabelApp):
+    """MONAI Label app of medicraft_monai (see the module docstring for its ``--conf`` keys)."""
+
+    def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
+        conf = dict(conf or {})
+        if not conf.get("generator_bundle"):
+            raise ValueError("--conf generator_bundle <path> is required (a generator bundle such as bundles/oct_ddpm)")
+        self.device = conf.get("device", "cpu")
+        super().__init__(
+            app_dir=app_dir,
+            studies=studies,
+            conf=conf,
+            name="medicraft_monai",
+            description="Synthetic OCT B-scans on demand, expert review and generator fine-tuning",
+            version="0.1.0",
+        )
+
+    # ----------------------------------------------------------------------------------------------- components
+    def init_datastore(self) -> ReviewDatastore:
+        return ReviewDatastore(self.studies, auto_reload=strtobool(self.conf.get("auto_reload", "false")))
+
+    def _json_conf(self, key: str) -> dict[str, Any]:
+        text = self.conf.get(key) or "{}"
+        try:
+            value = json.loads(text)
+        except ValueError as err:
+            raise ValueError(f"--conf {key}: not a JSON object ({err}): {text!r}") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"--conf {key}: not a JSON object: {text!r}")
+        return value
+
+    def init_infers(self) -> dict[str, Any]:
+        overrides = self._json_conf("generator_overrides")
+        if self.conf.get("num_inference_steps"):
+            overrides["num_inference_steps"] = int(self.conf["num_inference_steps"])
+        self.synthesizer = SynthesizeTask(
+            self.conf["generator_bundle"],
+            datastore=self.datastore(),
+            ckpt_path=self.conf.get("generator_ckpt"),
+            device=self.device,
+            max_count=int(self.conf.get("max_count", 16)),
+            overrides=overrides,
+        )
+        infers: dict[str, Any] = {"synthesize": self.synthesizer}
+        if self.conf.get("classifier_bundle"):
+            cls_overrides = self._json_conf("classifier_overrides")
+            if self.conf.get("classifier_datalist"):
+                cls_overrides["datalist"] = str(Path(self.conf["classifier_datalist"]).resolve())
+            infers["classify"] = ClassifyTask(
+                self.conf["classifier_bundle"],
+                ckpt_path=self.conf.get("classifier_ckpt"),
+                device=self.device,
+                overrides=cls_overrides,
+            )
+        return infers
+
+    def init_strategies(self) -> dict[str, Any]:
+        return {"review": NextUnreviewed(self.synthesizer.generator.class_names, float(self.conf.get("lease_s", 300)))}
+
+    def init_trainers(self) -> dict[str, Any]:
+        return {
+            "finetune": FinetuneGenerator(
+                self.conf["generator_bundle"],
+                self.studies,
+                self.synthesizer.generator.class_names,
+                self.conf.get("generator_ckpt"),
+                real_datalist=self.conf.get("real_datalist"),
+                bundle_overrides=self._json_conf("generator_overrides"),
+            )
+        }
+
+    def init_scoring_methods(self) -> dict[str, Any]:
+        return {}
+
+    def info(self) -> dict[str, Any]:
+        meta = super().info()
+        meta["review"] = {"anomaly_tags": list(ANOMALY_TAGS), "verdicts": ["accept", "reject"], "label_tag": "review"}
+        return meta
+
+    # ------------------------------------------------------------------------------------------------ requests
+    def _resolve_image(self, image: Any) -> str:
+        """A datastore id, or an uploaded file, as a path; HTTP 400 for paths outside the studies folder, 404 for
+        unknown ids."""
+        store: ReviewDatastore = self.datastore()
+        if isinstance(image, str) and store.has_image(image):
+            return store.get_image_uri(image)
+        if isinstance(image, str) and image and os.path.isfile(image):
+            path = Path(image).resolve()
+            upload = path.parent == Path(tempfile.gettempdir()).resolve() and path.name.startswith("tmp")
+            inside = store.studies_path() in path.parents
+            if upload or inside:
+                return str(path)
+            raise HTTPException(status_code=400, detail=f"image {image!r} is outside the studies folder")
+        check_image_id(image, store.studies_path())
+        raise HTTPException(status_code=404, detail=f"image {image!r} is not in the datastore")
+
+    def infer(self, request: dict[str, Any], datastore: Any = None) -> dict[str, Any]:
+        model = request.get("model")
+        if model not in self._infers:
+            raise HTTPException(status_code=404, detail=f"unknown model {model!r}; available: {sorted(self._infers)}")
+        request = dict(request)
+        if model == "synthesize":
+            request["image"] = ""  # generation needs no input image; MONAI Label's /infer requires a placeholder
+        else:
+            request["image"] = self._resolve_image(request.get("image"))
+        return super().infer(request, datastore)

@@ -1,0 +1,435 @@
+"""MONAI Deploy App SDK applications ``classify`` and ``synthesize``, run for real in their own environment.
+
+Both apps run as ``python -m medicraft_monai.deploy.<app>`` subprocesses of ``.venv-deploy`` (monai-deploy-app-sdk
+4.0.0 on holoscan-cu13, CPU only; created by ``scripts/setup_deploy_env.sh`` when missing) on real B-scans from
+``../shared/data/oct2017`` plus a multi-frame DICOM Ophthalmic Tomography file and a truncated JPEG, with tiny
+models made from the real bundles' configs:
+
+- the classifier: ``bundles/oct_classifier/configs`` with a tiny DenseNet and the OCT2017 classes, random weights,
+  exported to TorchScript by the real ``python -m monai.bundle ckpt_export``;
+- the generator: ``bundles/oct_ddpm/configs/inference.json`` with a tiny UNet (random weights, 2 DDIM steps).
+
+The apps' outputs are checked against the same models run in this process (the bundle's own preprocessing and
+network; ``DiffusionGenerator.from_bundle``), so the numbers cannot be right by accident.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+from _subprocess import run_group
+from monai.bundle import ConfigParser, ckpt_export
+
+from medicraft_monai.bundle_utils import randomise_zero_weights
+from medicraft_monai.data import read_bscan, read_frames, write_oct_dicom
+from medicraft_monai.deploy.classifier import (
+    ClassifierModelError,
+    TorchScriptClassifier,
+    _channel_def_names,
+    _configured_class_names,
+    classify_frames,
+)
+from medicraft_monai.deploy.inputs import read_input_frames
+from medicraft_monai.deploy.synthesis import SynthesisRequest, resolve_bundle, synthesize
+from medicraft_monai.synthesis.generator import DiffusionGenerator, GeneratorError
+from medicraft_monai.synthesis.writers import to_uint
+
+REPO = Path(__file__).resolve().parents[1]
+DEPLOY_VENV = Path(os.environ.get("MEDICRAFT_DEPLOY_VENV", REPO / ".venv-deploy"))
+CLASSES = ["CNV", "DME", "DRUSEN", "NORMAL"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+for _key in [k for k in ENV if k.startswith(("HOLOSCAN_", "MEDICRAFT_SYNTH_"))] + ["MEDICRAFT_CLASS_NAMES"]:
+    ENV.pop(_key, None)
+SYNTH_NAME = re.compile(r"^synthetic_(?P<cls>[A-Za-z0-9_-]+)_(?P<index>\d{6})_s(?P<seed>\d+)\.(png|dcm)$")
+APP_TIMEOUT = 240
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# fixtures: the deploy environment, tiny models, inputs
+# --------------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def deploy_python() -> Path:
+    """``.venv-deploy``'s python, made by scripts/setup_deploy_env.sh (fast when it is up to date)."""
+    proc = run_group(["bash", str(REPO / "scripts" / "setup_deploy_env.sh"), str(DEPLOY_VENV)], timeout=1500, env=ENV)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    python = DEPLOY_VENV / "bin" / "python"
+    assert python.is_file()
+    return python
+
+
+def run_app(python: Path, app: str, args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    proc = run_group([str(python), "-m", f"medicraft_monai.deploy.{app}", *args], timeout=APP_TIMEOUT, env=env or ENV)
+    assert proc.returncode == 0, f"{app} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+def tiny_classifier_bundle(root: Path) -> Path:
+    """The real oct_classifier configs with a tiny DenseNet, the OCT2017 classes and random weights."""
+    src = REPO / "bundles" / "oct_classifier" / "configs"
+    (root / "configs").mkdir(parents=True)
+    (root / "models").mkdir()
+    config = json.loads((src / "inference.json").read_text())
+    # the deployed model needs no training code: keep the imports its preprocessing and network use
+    config["imports"] = [i for i in config.get("imports", []) if "metrics" not in i]
+    config.update(
+        class_names=CLASSES, image_size=[32, 64], init_features=4, growth_rate=4, block_config=[1, 1], bn_size=1
+    )
+    (root / "configs" / "inference.json").write_text(json.dumps(config, indent=2))
+    meta = json.loads((src / "metadata.json").read_text())
+    pred = meta["network_data_format"]["outputs"]["pred"]
+    pred["channel_def"] = {str(i): c for i, c in enumerate(CLASSES)}
+    pred["num_channels"] = len(CLASSES)
+    (root / "configs" / "metadata.json").write_text(json.dumps(meta, indent=2))
+    parser = ConfigParser()
+    parser.read_config(str(root / "configs" / "inference.json"))
+    parser["bundle_root"] = str(root)
+    torch.manual_seed(0)
+    net = randomise_zero_weights(parser.get_parsed_content("network_def"), std=0.2)
+    torch.save(net.state_dict(), root / "models" / "model.pt")
+    return root
+
+
+@pytest.fixture(scope="module")
+def classifier_bundle(tmp_path_factory) -> Path:
+    """A tiny classifier bundle exported to ``models/model.ts`` by MONAI's ``ckpt_export``."""
+    root = tiny_classifier_bundle(tmp_path_factory.mktemp("deploy") / "oct_classifier_tiny")
+    ckpt_export(  # what `python -m monai.bundle ckpt_export network_def ...` runs, in this process
+        net_id="network_def",
+        filepath=str(root / "models" / "model.ts"),
+        ckpt_file=str(root / "models" / "model.pt"),
+        meta_file=str(root / "configs" / "metadata.json"),
+        config_file=str(root / "configs" / "inference.json"),
+        bundle_root=str(root),
+    )
+    assert (root / "models" / "model.ts").is_file()
+    return root
+
+
+def expected_probabilities(bundle: Path, image: Path, frame: int = 0) -> np.ndarray:
+    """What the bundle itself computes for one B-scan: its preprocessing, its network (model.pt), softmax."""
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    parser["bundle_root"] = str(bundle)
+    net = parser.get_parsed_content("network_def")
+    net.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))
+    net.eval()
+    x = parser.get_parsed_content("preprocessing")({"image": str(image), "frame": frame})["image"]
+    with torch.no_grad():
+        return torch.softmax(net(torch.as_tensor(x)[None].float()), dim=1)[0].numpy()
+
+
+@pytest.fixture(scope="module")
+def classify_input(tmp_path_factory, real_bscan_paths: list[Path]) -> dict:
+    """Six real JPEG B-scans (links, no copies), a 3-frame DICOM OPT exam of real B-scans in a sub-folder, and a
+    truncated JPEG."""
+    root = tmp_path_factory.mktemp("classify_in")
+    jpegs = real_bscan_paths[::4]  # 6 images over the 4 classes
+    for p in jpegs:
+        (root / p.name).symlink_to(p)
+    by_shape: dict[tuple, list[np.ndarray]] = {}
+    for p in real_bscan_paths:
+        img, _ = read_bscan(p)
+        by_shape.setdefault(img.shape, []).append(img)
+    frames = next(v for v in by_shape.values() if len(v) >= 3)[:3]
+    dicom = write_oct_dicom(root / "exam1" / "opt.dcm", np.stack(frames), plane_angles=[0, 30, 60], laterality="R")
+    truncated = root / "truncated.jpeg"
+    data = jpegs[0].read_bytes()
+    truncated.write_bytes(data[: len(data) // 3])
+    return {"root": root, "jpegs": jpegs, "dicom": dicom, "frames": frames, "truncated": truncated}
+
+
+def tiny_generator_bundle(root: Path) -> Path:
+    """The real oct_ddpm inference.json with a tiny UNet, the OCT2017 classes, random weights and 2 DDIM steps."""
+    (root / "configs").mkdir(parents=True)
+    (root / "models").mkdir()
+    config = json.loads((REPO / "bundles" / "oct_ddpm" / "configs" / "inference.json").read_text())
+    config.update(
+        class_names=CLASSES,
+        image_size=[16, 32],
+        channels=[8, 16],
+        attention_levels=[False, False],
+        num_res_blocks=1,
+        num_head_channels=8,
+        norm_num_groups=8,
+        use_flash_attention=False,
+        num_inference_steps=2,
+    )
+    (root / "configs" / "inference.json").write_text(json.dumps(config, indent=2))
+    parser = ConfigParser()
+    parser.read_config(str(root / "configs" / "inference.json"))
+    parser["bundle_root"] = str(root)
+    torch.manual_seed(0)
+    net = randomise_zero_weights(parser.get_parsed_content("network_def"), std=0.1)
+    torch.save(net.state_dict(), root / "models" / "model.pt")
+    return root
+
+
+@pytest.fixture(scope="module")
+def generator_bundle(tmp_path_factory) -> Path:
+    return tiny_generator_bundle(tmp_path_factory.mktemp("models") / "oct_ddpm_tiny")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# classify
+# --------------------------------------------------------------------------------------------------------------------
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_classify_app_on_real_images_reports_unreadable_file(
+    deploy_python: Path, classifier_bundle: Path, classify_input: dict, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    model = classifier_bundle / "models" / "model.ts"
+    proc = run_app(deploy_python, "classify", ["-i", str(classify_input["root"]), "-o", str(out), "-m", str(model)])
+    summary = json.loads((out / "predictions.json").read_text())
+    rows = summary["predictions"]
+    # one row per image or frame (6 JPEGs, 3 DICOM frames) plus one for the truncated file
+    assert len(rows) == 10 and summary["num_predictions"] == 9 and summary["num_errors"] == 1
+    assert summary["num_files"] == 8 and summary["model"]["class_names"] == CLASSES
+    assert summary["model"]["sha256"] and summary["model"]["path"] == str(model)
+    assert "9 prediction(s) from 8 file(s), 1 error(s)" in proc.stdout
+
+    errors = [r for r in rows if r["status"] == "error"]
+    assert [r["file"] for r in errors] == ["truncated.jpeg"]
+    assert "truncated.jpeg" in errors[0]["error"] and "truncated" in errors[0]["error"].split(":", 1)[1]
+    assert errors[0]["probabilities"] == {} and errors[0]["predicted_class"] == ""
+
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert sorted(r["file"] for r in ok if r["format"] == "jpeg") == sorted(p.name for p in classify_input["jpegs"])
+    dicom_rows = [r for r in ok if r["file"] == "exam1/opt.dcm"]
+    assert [(r["frame"], r["num_frames"], r["format"]) for r in dicom_rows] == [(i, 3, "dicom") for i in range(3)]
+    for r in ok:
+        probs = np.array([r["probabilities"][c] for c in CLASSES])
+        assert list(r["probabilities"]) == CLASSES
+        assert abs(probs.sum() - 1.0) < 1e-5 and (probs > 0).all()
+        assert r["predicted_class"] == CLASSES[int(np.argmax(probs))] == CLASSES[r["predicted_label"]]
+        assert r["confidence"] == pytest.approx(probs.max())
+
+    # the app computes what the bundle computes (its own preprocessing and weights), frame by frame
+    for r in ok[:2] + dicom_rows:
+        want = expected_probabilities(classifier_bundle, classify_input["root"] / r["file"], r["frame"])
+        got = np.array([r["probabilities"][c] for c in CLASSES])
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    # different frames of the exam are different images, so the model sees them apart
+    assert len({tuple(np.round(list(r["probabilities"].values()), 6)) for r in dicom_rows}) == 3
+
+    table = read_csv(out / "predictions.csv")
+    assert list(table[0]) == [
+        "file",
+        "frame",
+        "num_frames",
+        "format",
+        "status",
+        "predicted_class",
+        "predicted_label",
+        "confidence",
+        *[f"prob_{c}" for c in CLASSES],
+        "error",
+    ]
+    assert [(t["file"], int(t["frame"]), t["status"]) for t in table] == [
+        (r["file"], r["frame"], r["status"]) for r in rows
+    ]
+    for t in table:
+        if t["status"] == "ok":
+            assert abs(sum(float(t[f"prob_{c}"]) for c in CLASSES) - 1.0) < 1e-4
+        else:
+            assert t["prob_CNV"] == "" and "truncated" in t["error"]
+
+
+def test_classify_app_with_holoscan_environment(
+    deploy_python: Path, classifier_bundle: Path, classify_input: dict, tmp_path: Path
+) -> None:
+    """No -i/-o/-m: HOLOSCAN_INPUT_PATH, HOLOSCAN_OUTPUT_PATH and HOLOSCAN_MODEL_PATH (a MAP-style model folder)."""
+    inp = tmp_path / "input"
+    inp.mkdir()
+    for p in classify_input["jpegs"][:2]:
+        (inp / p.name).symlink_to(p)
+    models = tmp_path / "models" / "oct_classifier"
+    models.mkdir(parents=True)
+    shutil.copy(classifier_bundle / "models" / "model.ts", models / "model.ts")
+    out = tmp_path / "output"
+    env = {**ENV, "HOLOSCAN_INPUT_PATH": str(inp), "HOLOSCAN_OUTPUT_PATH": str(out)}
+    env["HOLOSCAN_MODEL_PATH"] = str(tmp_path / "models")
+    run_app(deploy_python, "classify", [], env=env)
+    table = read_csv(out / "predictions.csv")
+    assert sorted(t["file"] for t in table) == sorted(p.name for p in classify_input["jpegs"][:2])
+    assert all(t["status"] == "ok" for t in table)
+    for t in table:
+        want = expected_probabilities(classifier_bundle, inp / t["file"])
+        np.testing.assert_allclose([float(t[f"prob_{c}"]) for c in CLASSES], want, atol=1e-5)
+
+
+def test_classifier_in_process_errors_and_class_names(
+    classifier_bundle: Path, classify_input: dict, monkeypatch
+) -> None:
+    """The pieces without the App SDK: bad files and bad B-scans become rows, class names fall back sensibly."""
+    records = read_input_frames(classify_input["root"])
+    assert len(records) == 10 and sum(not r.ok for r in records) == 1
+    frames, _ = read_frames(classify_input["dicom"])
+    assert np.array_equal(frames, np.stack(classify_input["frames"]))
+
+    clf = TorchScriptClassifier.load(classifier_bundle, device="cpu")  # a bundle folder: models/model.ts
+    assert clf.class_names == CLASSES and clf.loads_files
+    # a B-scan whose preprocessing fails (file gone after reading) is an error row; the others are classified
+    ok = [r for r in records if r.ok][:3]
+    broken = type(ok[0])(**{**ok[0].__dict__, "path": str(classify_input["root"] / "gone.jpeg"), "source": "gone.jpeg"})
+    rows = classify_frames(clf, [broken, *ok[1:]], batch_size=2)
+    assert [r["status"] for r in rows] == ["error", "ok", "ok"]
+    assert "gone.jpeg" in rows[0]["error"] and "preprocessing failed" in rows[0]["error"]
+
+    monkeypatch.setenv("MEDICRAFT_CLASS_NAMES", "a, b ,c,d")
+    assert TorchScriptClassifier.load(classifier_bundle / "models" / "model.ts").class_names == ["a", "b", "c", "d"]
+    monkeypatch.setenv("MEDICRAFT_CLASS_NAMES", "x,y")  # wrong count for 4 outputs: generic names, no crash
+    clf2 = TorchScriptClassifier.load(classifier_bundle)
+    assert classify_frames(clf2, ok[:1])[0]["predicted_class"].startswith("class_")
+    assert clf2.class_names == [f"class_{i}" for i in range(4)]
+
+    not_a_model = classify_input["root"] / "exam1" / "opt.dcm"
+    with pytest.raises(ClassifierModelError, match=r"opt\.dcm: not a TorchScript model"):
+        TorchScriptClassifier.load(not_a_model)
+    with pytest.raises(ClassifierModelError, match="model file or folder not found"):
+        TorchScriptClassifier.load(classify_input["root"] / "missing.ts")
+
+    # the real bundle's class_names needs the training datalist: the metadata's channel_def is used instead
+    expr = ConfigParser({"class_names": "$medicraft_monai.metrics.nothing_here(@datalist)", "datalist": "x.json"})
+    assert _configured_class_names(expr) is None
+    assert _configured_class_names(ConfigParser({"class_names": ["p", "q"]})) == ["p", "q"]
+    meta = {"network_data_format": {"outputs": {"pred": {"channel_def": {"1": "benign", "0": "healthy"}}}}}
+    assert _channel_def_names(meta) == ["healthy", "benign"] and _channel_def_names({}) is None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# synthesize
+# --------------------------------------------------------------------------------------------------------------------
+def synthetic_files(out: Path) -> list[Path]:
+    return sorted(p for p in (out / "images").rglob("*") if p.is_file())
+
+
+def test_synthesize_app_writes_marked_images_with_provenance(
+    deploy_python: Path, generator_bundle: Path, tmp_path: Path
+) -> None:
+    inp = tmp_path / "in"
+    inp.mkdir()
+    request = {"num_images_per_class": 2, "seed": 5, "batch_size": 3}
+    (inp / "synthesis_request.json").write_text(json.dumps(request))
+    out = tmp_path / "out"
+    env = {**ENV, "MEDICRAFT_SYNTH_NUM_IMAGES_PER_CLASS": "9"}  # the request file wins over the environment
+    proc = run_app(deploy_python, "synthesize", ["-i", str(inp), "-o", str(out), "-m", str(generator_bundle)], env)
+    assert "8 synthetic image(s)" in proc.stdout
+
+    files = synthetic_files(out)
+    assert len(files) == 8
+    summary = json.loads((out / "synthesis.json").read_text())
+    assert summary["counts"] == dict.fromkeys(CLASSES, 2) and summary["synthetic"] is True
+    assert summary["generated"] == 8 and summary["request"]["seed"] == 5
+    records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    table = read_csv(out / "manifest.csv")
+    assert len(records) == len(table) == 8 and all(t["synthetic"] == "True" for t in table)
+    assert sorted(out / r["path"] for r in records) == files
+
+    gen = DiffusionGenerator.from_bundle(generator_bundle, device="cpu")
+    assert {r["model_sha256"] for r in records} == {gen.checksum} == {summary["model"]["sha256"]}
+    for rec in records:
+        path = out / rec["path"]
+        m = SYNTH_NAME.match(path.name)
+        assert m and m["cls"] == rec["class_name"] == path.parent.name and int(m["seed"]) == rec["seed"]
+        pixels, meta = read_bscan(path)
+        assert meta["synthetic"] is True and pixels.shape == (16, 32)
+        prov = meta["provenance"]
+        assert prov["class_name"] == rec["class_name"] and prov["seed"] == rec["seed"] and prov["steps"] == 2
+        assert prov["model_sha256"] == gen.checksum and prov["app"] == "medicraft_monai.deploy.synthesize"
+        # the same generator in this process gives the same pixels for that class and seed
+        want = gen.generate([rec["class_name"]], [rec["seed"]], 2)[0, 0]
+        assert np.array_equal(pixels, to_uint(want, 8)), rec["path"]
+    assert len({r["seed"] for r in records}) == 8
+    assert np.std([read_bscan(f)[0].astype(float) for f in files], axis=0).mean() > 1  # images differ
+
+
+def test_synthesize_app_dicom_with_holoscan_environment(
+    deploy_python: Path, generator_bundle: Path, tmp_path: Path
+) -> None:
+    """HOLOSCAN_* paths (the model path a folder holding the bundle, as in a MAP) and MEDICRAFT_SYNTH_* settings."""
+    inp = tmp_path / "input"
+    inp.mkdir()
+    out = tmp_path / "output"
+    env = {**ENV, "HOLOSCAN_INPUT_PATH": str(inp), "HOLOSCAN_OUTPUT_PATH": str(out)}
+    env["HOLOSCAN_MODEL_PATH"] = str(generator_bundle.parent)
+    env.update(MEDICRAFT_SYNTH_NUM_IMAGES_PER_CLASS="1", MEDICRAFT_SYNTH_CLASSES="DME,NORMAL")
+    env["MEDICRAFT_SYNTH_FORMAT"] = "dicom"
+    run_app(deploy_python, "synthesize", [], env=env)
+    files = synthetic_files(out)
+    assert [f.parent.name for f in files] == ["DME", "NORMAL"] and all(f.suffix == ".dcm" for f in files)
+    for f in files:
+        ds = pydicom.dcmread(f)
+        assert list(ds.ImageType)[:2] == ["DERIVED", "SECONDARY"]
+        assert ds.SeriesDescription.startswith("SYNTHETIC") and ds.PatientName == "SYNTHETIC"
+        assert read_bscan(f)[1]["provenance"]["class_name"] == f.parent.name
+    assert json.loads((out / "synthesis.json").read_text())["counts"] == {"DME": 1, "NORMAL": 1}
+
+
+def test_synthesis_request_sources_resume_and_errors(generator_bundle: Path, tmp_path: Path) -> None:
+    inp = tmp_path / "in"
+    inp.mkdir()
+    env = {"MEDICRAFT_SYNTH_SEED": "7", "MEDICRAFT_SYNTH_NUM_IMAGES_PER_CLASS": "3"}
+    assert SynthesisRequest.from_sources(inp, env).num_images_per_class == 3
+    (inp / "synthesis_request.json").write_text(json.dumps({"num_images_per_class": 1, "classes": ["CNV"]}))
+    req = SynthesisRequest.from_sources(inp, env)
+    assert (req.num_images_per_class, req.seed, req.classes) == (1, 7, ["CNV"])
+    (inp / "synthesis_request.json").write_text(json.dumps({"images": 1}))
+    with pytest.raises(ValueError, match="synthesis_request.json: unknown request key"):
+        SynthesisRequest.from_sources(inp, {})
+    with pytest.raises(ValueError, match="MEDICRAFT_SYNTH_.*format"):
+        SynthesisRequest.from_sources(None, {"MEDICRAFT_SYNTH_FORMAT": "gif"})
+    with pytest.raises(GeneratorError, match="not a generator bundle"):
+        resolve_bundle(tmp_path)
+    assert resolve_bundle(generator_bundle.parent) == generator_bundle
+
+    gen = DiffusionGenerator.from_bundle(generator_bundle, device="cpu")
+    out = tmp_path / "out"
+    first = synthesize(gen, SynthesisRequest(num_images_per_class=1, classes=["CNV", "DME"]), out, progress=False)
+    again = synthesize(gen, SynthesisRequest(num_images_per_class=2, classes=["CNV", "DME"]), out, progress=False)
+    assert (first["generated"], again["generated"], again["skipped"]) == (2, 2, 2)
+    assert [r["path"] for r in again["records"][::2]] == [r["path"] for r in first["records"]]
+    assert len(synthetic_files(out)) == 4 and len(read_csv(out / "manifest.csv")) == 4
+    with pytest.raises(GeneratorError, match="unknown class"):
+        synthesize(gen, SynthesisRequest(classes=["melanoma"]), out, progress=False)
+
+
+def test_app_yaml_and_requirements_for_packaging(deploy_python: Path) -> None:
+    """Each app.yaml passes the packager's own reader (holoscan-cli's ``ApplicationConfiguration``, what
+    ``monai-deploy package -c app.yaml`` runs), and each app folder has what the packager copies and installs."""
+    script = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from holoscan_cli.packager.config_reader import ApplicationConfiguration\n"
+        "out = {}\n"
+        "for path in sys.argv[1:]:\n"
+        "    c = ApplicationConfiguration()\n"
+        "    c.read(Path(path))\n"
+        "    out[path] = {'title': c.title(), 'application': c._application_object, 'resources': c._resource_object}\n"
+        "print(json.dumps(out, default=str))\n"
+    )
+    folders = [REPO / "medicraft_monai" / "deploy" / app for app in ("classify", "synthesize")]
+    proc = run_group([str(deploy_python), "-c", script, *[str(f / "app.yaml") for f in folders]], timeout=120, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    configs = json.loads(proc.stdout.strip().splitlines()[-1])
+    for folder in folders:
+        config = configs[str(folder / "app.yaml")]
+        assert config["title"].startswith("medicraft_monai") and str(config["application"]["version"]) == "0.1.0"
+        assert config["application"]["input-formats"] == config["application"]["output-formats"] == ["file"]
+        assert {"cpu", "gpu", "memory"} <= set(config["resources"])
+        assert (folder / "__main__.py").is_file()
+        reqs = {re.split(r"[=<>]", line)[0] for line in (folder / "requirements.txt").read_text().splitlines()}
+        assert {"torch", "monai", "pydicom", "highdicom"} <= reqs
