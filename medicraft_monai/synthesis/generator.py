@@ -15,6 +15,9 @@ The contract of ``configs/inference.json`` (keys a generator bundle defines):
 - ``class_names``: the real classes in label order; ``image_size``: [H, W]; ``in_channels``.
 - ``ckpt_path``: the weights (a state dict, the EMA weights for diffusion bundles).
 - ``sampler``, ``num_inference_steps``, ``guidance_scale``: sampling defaults.
+
+An inferer that holds further weights (the autoencoder of a latent generator) may expose ``checksums``, a mapping
+``{name: sha256}``; they go into the provenance as ``<name>_sha256`` next to ``model_sha256``.
 """
 
 from __future__ import annotations
@@ -48,6 +51,22 @@ def file_sha256(path: str | PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def _parsed_or_generator_error(parser: ConfigParser, key: str) -> Any:
+    """``parser.get_parsed_content(key)``, re-raising a missing file or a :class:`GeneratorError` met while building
+    it (MONAI wraps them in ``RuntimeError``), for example a latent inferer's missing autoencoder weights."""
+    try:
+        return parser.get_parsed_content(key)
+    except RuntimeError as err:
+        cause: BaseException | None = err
+        while cause is not None:
+            if isinstance(cause, GeneratorError):
+                raise cause from None
+            if isinstance(cause, FileNotFoundError):
+                raise GeneratorError(str(cause)) from None
+            cause = cause.__cause__
+        raise
+
+
 @dataclass
 class DiffusionGenerator:
     """A class-conditioned diffusion generator ready to sample.
@@ -66,6 +85,8 @@ class DiffusionGenerator:
         guidance_scale: default classifier-free guidance weight.
         device: where sampling runs.
         bundle_root: the bundle it came from.
+        component_checksums: SHA-256 of further weights the samples depend on (``{"autoencoder": ...}``), from the
+            inferer's ``checksums``.
     """
 
     network: torch.nn.Module
@@ -79,6 +100,7 @@ class DiffusionGenerator:
     guidance_scale: float = 1.0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     bundle_root: str = ""
+    component_checksums: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_bundle(
@@ -128,7 +150,7 @@ class DiffusionGenerator:
 
         return cls.from_components(
             network=parser.get_parsed_content("network_def"),
-            inferer=parser.get_parsed_content("inferer"),
+            inferer=_parsed_or_generator_error(parser, "inferer"),
             scheduler=parser.get_parsed_content("sampling_scheduler"),
             class_names=parser.get_parsed_content("class_names"),
             image_size=parser.get_parsed_content("image_size"),
@@ -203,6 +225,7 @@ class DiffusionGenerator:
             guidance_scale=float(guidance_scale),
             device=dev,
             bundle_root=str(Path(bundle_root).resolve()),
+            component_checksums={str(k): str(v) for k, v in (getattr(inferer, "checksums", None) or {}).items()},
         )
 
     def class_index(self, name_or_index: str | int) -> int:
@@ -261,4 +284,5 @@ class DiffusionGenerator:
             "sampler": self.sampler,
             "steps": int(num_inference_steps or self.num_inference_steps),
             "guidance_scale": float(self.guidance_scale if guidance_scale is None else guidance_scale),
+            **{f"{name}_sha256": sha for name, sha in self.component_checksums.items()},
         }
