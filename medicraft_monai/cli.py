@@ -34,8 +34,12 @@ def _as_mapping(value: str | dict | None) -> dict | None:
 class MedicraftCLI:
     """medicraft_monai: multiply small OCT data sets with class-conditioned diffusion models.
 
-    Commands: phantom, datalist, multiply, demo, info.
+    Commands: phantom, datalist, multiply, evaluate, demo, info; label app_dir; review export.
     """
+
+    def __init__(self) -> None:
+        self.label = LabelCommands()
+        self.review = ReviewCommands()
 
     def phantom(
         self,
@@ -151,6 +155,7 @@ class MedicraftCLI:
         device: str | None = None,
         split: str = "training",
         progress: bool = True,
+        accepted_from: str | None = None,
     ) -> None:
         """Multiply a real data set with a trained class-conditioned generator bundle.
 
@@ -176,11 +181,14 @@ class MedicraftCLI:
             device: cpu, cuda, cuda:1 ... (default: CUDA when available).
             split: the split whose real images are counted.
             progress: show progress and print count tables.
+            accepted_from: expert reviews (a MONAI Label studies folder or an export's review_report.json): also
+                write ``datalist_synthetic_accepted.json`` and ``datalist_real_synthetic_accepted.json`` that keep
+                only the synthetic images the experts accepted.
         """
         from medicraft_monai.demo import find_bundle
         from medicraft_monai.synthesis import multiply
 
-        multiply(
+        result = multiply(
             datalist,
             output_dir,
             bundle_root=bundle_root or find_bundle("oct_ddpm"),
@@ -197,6 +205,75 @@ class MedicraftCLI:
             device=device,
             progress=progress,
         )
+        if accepted_from:
+            _write_accepted(result, accepted_from)
+
+    def evaluate(
+        self,
+        real_datalist: str,
+        synthetic_datalist: str,
+        output_dir: str = "evaluation",
+        config: str | None = None,
+        image_size: Sequence[int] | None = None,
+        crop_height: int | None = None,
+        max_per_class: int | None = None,
+        feature_extractor: str | None = None,
+        seeds: int | Sequence[int] | None = None,
+        utility: bool = True,
+        anatomy: bool = True,
+        anatomy_profile: str | None = None,
+        epochs: int | None = None,
+        tiny: bool = False,
+        device: str | None = None,
+        overwrite: bool = False,
+    ) -> None:
+        """Evaluate a synthetic data set against the real one: utility, fidelity, diversity, privacy and anatomy.
+
+        Writes ``report.md`` (tables and figures), ``metrics.json`` (every number) and ``figures/`` to
+        ``output_dir``. An interrupted run resumes in the same folder. The same evaluation runs as a bundle:
+        ``python -m monai.bundle run --config_file bundles/oct_synthesis_eval/configs/evaluate.json ...``.
+        Options left out take the values of ``--config`` or the defaults of docs/evaluation.md.
+
+        Args:
+            real_datalist: the real datalist (training split: what the generator saw; test split: held-out patients).
+            synthetic_datalist: the synthetic datalist (``datalist_synthetic.json`` of ``medicraft multiply``).
+            output_dir: where the report goes.
+            config: a JSON file of evaluation settings (see docs/evaluation.md); options given here override it.
+            image_size: H,W every image is compared at (default: the synthetic images' size).
+            crop_height: rows kept around the retina of real images before resizing (default 256; 0: no crop).
+            max_per_class: at most this many images per class and set (default 200).
+            feature_extractor: a TorchScript file or bundle folder (default: a classifier trained on the real data).
+            seeds: seeds of the utility study (default 0,1,2).
+            utility: train the TRTR/TSTR/TRTS/augmentation classifiers (--noutility to skip).
+            anatomy: run the anatomical plausibility checks (--noanatomy to skip).
+            anatomy_profile: "phantom" (default) or "spectralis" (6 mm line scans such as OCT2017).
+            epochs: classifier training epochs (default 30).
+            tiny: tiny settings that finish in about a minute (a smoke test: the numbers are rough).
+            device: cpu, cuda or auto (default).
+            overwrite: start afresh in a folder that holds another evaluation.
+        """
+        from medicraft_monai.evaluation import EvaluationSettings, evaluate_synthesis
+
+        values = json.loads(open(config).read()) if config else {}
+        given = {
+            "image_size": None if image_size is None else tuple(int(v) for v in _as_list(image_size) or []),
+            "crop_height": crop_height,
+            "max_per_class": max_per_class,
+            "feature_extractor": feature_extractor,
+            "utility_seeds": None
+            if seeds is None
+            else [int(v) for v in _as_list(str(seeds) if isinstance(seeds, int) else seeds) or []],
+            "anatomy_profile": anatomy_profile,
+            "device": device,
+        }
+        values.update({k: v for k, v in given.items() if v is not None})
+        values.update(
+            utility=bool(utility) and values.get("utility", True), anatomy=bool(anatomy) and values.get("anatomy", True)
+        )
+        settings = EvaluationSettings.tiny(**values) if tiny else EvaluationSettings.from_mapping(values)
+        if epochs is not None:
+            settings.classifier = {**settings.classifier, "max_epochs": int(epochs)}
+        evaluate_synthesis(real_datalist, synthetic_datalist, output_dir, settings, overwrite=overwrite)
 
     def demo(
         self,
@@ -245,6 +322,49 @@ class MedicraftCLI:
 
         print(f"medicraft_monai {medicraft_monai.__version__}")
         print(f"monai {monai.__version__}, torch {torch.__version__}, cuda available: {torch.cuda.is_available()}")
+
+
+class LabelCommands:
+    """The MONAI Label app (see docs/label.md)."""
+
+    def app_dir(self) -> str:
+        """Print the app folder to give ``monailabel start_server --app``."""
+        from medicraft_monai.label import app_dir
+
+        return str(app_dir())
+
+
+class ReviewCommands:
+    """Expert reviews of synthetic images made in MONAI Label (see docs/label.md)."""
+
+    def export(self, studies: str, output_dir: str, rule: str = "unanimous", anatomy: bool = True) -> None:
+        """Turn the verdicts into a datalist of accepted images and a report (acceptance per class and anomaly).
+
+        Args:
+            studies: the MONAI Label studies folder the reviews were made in.
+            output_dir: where ``accepted_datalist.json`` and the review report go.
+            rule: how several reviewers' verdicts combine: unanimous, majority or any.
+            anatomy: compare the verdicts with the automated anatomy checks.
+        """
+        from medicraft_monai.label import export_reviews
+
+        result = export_reviews(studies, output_dir, rule=rule, anatomy=anatomy)
+        for key in ("datalist", "report_md", "report_json"):
+            print(f"{key}: {result[key]}")
+
+
+def _write_accepted(result: dict, reviews: str) -> None:
+    """Keep only expert-accepted synthetic images in multiply's datalists (written beside them as *_accepted)."""
+    from pathlib import Path
+
+    from medicraft_monai.data.datalist import write_datalist
+    from medicraft_monai.label import filter_accepted
+
+    for key in ("datalist_synthetic", "datalist_combined"):
+        path = Path(result[key])
+        kept = filter_accepted(path, reviews)
+        target = write_datalist(path.with_name(path.stem + "_accepted.json"), kept)
+        print(f"accepted only: {target} ({kept.get('review_filter', {})})")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -137,6 +137,8 @@ class DemoSettings:
         grid_per_class: real and synthetic images per class in the report's grid.
         ema_momentum: weight of the newest weights in the EMA (1/momentum iterations are averaged).
         train: train a model and multiply (False: the data stage and the report only).
+        evaluate: end with the evaluation of the synthetic images (:func:`medicraft_monai.evaluation.evaluate_synthesis`).
+        evaluation: settings of that evaluation (:class:`~medicraft_monai.evaluation.EvaluationSettings` fields).
     """
 
     exams: int = 24
@@ -154,6 +156,20 @@ class DemoSettings:
     grid_per_class: int = 4
     ema_momentum: float = 0.01
     train: bool = True
+    evaluate: bool = True
+    evaluation: dict[str, Any] = field(
+        default_factory=lambda: {
+            "max_per_class": 60,
+            "utility_seeds": (0, 1),
+            "classifier": {
+                "max_epochs": 12,
+                "batch_size": 16,
+                "learning_rate": 1e-3,
+                "network": {"init_features": 16, "growth_rate": 12, "block_config": [3, 6, 6]},
+            },
+            "anatomy_validation_exams": 2,
+        }
+    )
     extra_overrides: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -169,6 +185,16 @@ class DemoSettings:
             batch_size=8,
             sampling_steps=2,
             grid_per_class=2,
+            evaluation={
+                "image_size": (32, 64),
+                "max_per_class": 8,
+                "utility_seeds": (0,),
+                "classifier": {"tiny": True, "max_epochs": 1},
+                "anatomy_validation_exams": 1,
+                "kid_subsets": 3,
+                "ms_ssim_pairs": 10,
+                "device": "cpu",
+            },
         )
 
     def network_overrides(self) -> dict[str, Any]:
@@ -250,6 +276,52 @@ def _counts(
     return counts
 
 
+def _headline(m: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """The evaluation's headline numbers for the demo report: (measure, synthetic, real reference)."""
+
+    def f(v: Any, pct: bool = False) -> str:
+        if v is None:
+            return "n/a"
+        return f"{100 * float(v):.0f}%" if pct else f"{float(v):.3f}"
+
+    rows = []
+    if m.get("utility"):
+        ex = m["utility"]["experiments"]
+        rows.append(
+            (
+                "balanced accuracy on real test, trained on synthetic (TSTR) vs real (TRTR)",
+                f(ex["TSTR"]["metrics"]["balanced_accuracy"]["mean"]),
+                f(ex["TRTR"]["metrics"]["balanced_accuracy"]["mean"]),
+            )
+        )
+    fid = m["fidelity"]
+    rows.append(
+        (
+            "Frechet distance to real training images (OCT features)",
+            f(fid["overall"].get("frechet_distance")),
+            f(fid["real_test_reference"].get("frechet_distance")),
+        )
+    )
+    rows.append(
+        (
+            "precision / recall",
+            f"{f(fid['overall'].get('precision'))} / {f(fid['overall'].get('recall'))}",
+            f"{f(fid['real_test_reference'].get('precision'))} / {f(fid['real_test_reference'].get('recall'))}",
+        )
+    )
+    feats = m["privacy"]["spaces"]["features"]
+    rows.append(("closer to a training image than 1% of real pairs", f(feats["fraction_below"], True), "1%"))
+    if m.get("anatomy"):
+        rows.append(
+            (
+                "anatomy checks passed",
+                f(m["anatomy"]["synthetic"]["pass_rate"], True),
+                f(m["anatomy"]["real_test"]["pass_rate"], True),
+            )
+        )
+    return rows
+
+
 def _write_report(out: Path, summary: dict[str, Any]) -> Path:
     before, after = summary["counts_before"], summary.get("counts_after")
     lines = [
@@ -282,6 +354,17 @@ def _write_report(out: Path, summary: dict[str, Any]) -> Path:
         "Each row is a class: real B-scans of the training split" + (", then synthetic ones." if after else "."),
         "",
     ]
+    if summary.get("evaluation"):
+        lines += ["## Is the synthetic data worth using?", ""]
+        lines += [
+            "The full evaluation (utility, fidelity, diversity, privacy, anatomy; tables and figures) is in "
+            "[evaluation/report.md](evaluation/report.md). Headline numbers:",
+            "",
+            "| measure | synthetic | real reference |",
+            "| --- | ---: | ---: |",
+        ]
+        lines += [f"| {name} | {a} | {b} |" for name, a, b in summary["evaluation"]]
+        lines += [""]
     lines += ["## Files", ""] + [f"- {k}: `{v}`" for k, v in summary["files"].items()] + [""]
     report = out / "report.md"
     report.write_text("\n".join(lines))
@@ -311,7 +394,7 @@ def run_demo(
     files: dict[str, str] = {}
 
     if data is None:
-        _say(f"1/4 writing a phantom data set ({s.exams} exams) to {out / 'phantom'}")
+        _say(f"1/5 writing a phantom data set ({s.exams} exams) to {out / 'phantom'}")
         make_phantom_dataset(
             out / "phantom",
             exams=s.exams,
@@ -324,7 +407,7 @@ def run_demo(
         files["phantom images"] = str(out / "phantom" / "images")
         data_label = f"built-in OCT phantom, {s.exams} exams (seed {seed})"
     else:
-        _say(f"1/4 reading your data set {data}")
+        _say(f"1/5 reading your data set {data}")
         datalist_path = out / "datalist.json"
         print(count_table(build_datalist(data, output=datalist_path, seed=seed)))
         data_label = str(data)
@@ -336,15 +419,16 @@ def run_demo(
     rows = _grid_rows(datalist, class_names, s.grid_per_class, "training")
 
     counts_after = None
+    evaluation: dict[str, Any] | None = None
     if s.train:
         bundle = find_bundle("oct_ddpm")
         _say(
-            f"2/4 training a small class-conditioned diffusion model ({bundle.name}, {s.max_epochs} epochs) on the CPU"
+            f"2/5 training a small class-conditioned diffusion model ({bundle.name}, {s.max_epochs} epochs) on the CPU"
         )
         weights_path = _train(bundle, datalist_path, class_names, out, s)
         files["model"] = str(weights_path)
         files["TensorBoard logs"] = str(out / "logs")
-        _say("3/4 multiplying the training split: every class up to the largest")
+        _say("3/5 multiplying the training split: every class up to the largest")
         from medicraft_monai.synthesis import multiply
 
         result = multiply(
@@ -368,8 +452,19 @@ def run_demo(
         files["synthetic images"] = str(out / "synthetic" / "images")
         files["manifest"] = str(result["manifest_csv"])
         files["real + synthetic datalist"] = str(result["datalist_combined"])
+        if s.evaluate:
+            _say("4/5 evaluating the synthetic images: utility, fidelity, diversity, privacy, anatomy")
+            from medicraft_monai.evaluation import EvaluationSettings, evaluate_synthesis
 
-    _say("4/4 writing the report")
+            eval_settings = EvaluationSettings.from_mapping(
+                {"device": "cpu", "progress": False, "seed": seed, **s.evaluation}
+            )
+            evaluation = evaluate_synthesis(
+                datalist_path, result["datalist_synthetic"], out / "evaluation", eval_settings, overwrite=True
+            )
+            files["evaluation report"] = str(out / "evaluation" / "report.md")
+
+    _say("5/5 writing the report")
     save_image_grid(out / "samples.png", rows, row_labels=class_names)
     files["sample grid"] = str(out / "samples.png")
     summary = {
@@ -381,6 +476,7 @@ def run_demo(
         "count_table": count_table(datalist),
         "settings": asdict(s),
         "files": files,
+        "evaluation": _headline(evaluation) if evaluation else None,
         "seconds": time.time() - start,
     }
     report = _write_report(out, summary)

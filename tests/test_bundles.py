@@ -24,6 +24,17 @@ SCHEMA = REPO_ROOT.parent / "shared" / "zoo" / "meta_schema_20240725.json"
 BUNDLES = sorted(p for p in BUNDLES_DIR.iterdir() if p.is_dir() and (p / "configs").is_dir())
 IDS = [p.name for p in BUNDLES]
 
+
+def _role(bundle: Path) -> str:
+    """ "model" for bundles with a network of their own; "evaluation" for bundles that only run evaluations."""
+    with open(bundle / "configs" / "metadata.json") as f:
+        return json.load(f).get("medicraft_bundle_role", "model")
+
+
+#: bundles with a trainable network of their own (the evaluation bundle trains the oct_classifier bundle's)
+MODEL_BUNDLES = [p for p in BUNDLES if _role(p) == "model"]
+MODEL_IDS = [p.name for p in MODEL_BUNDLES]
+
 MAX_FILE_BYTES = 25 * 1024 * 1024
 REQUIRED_FILES = [
     "configs/metadata.json",
@@ -54,6 +65,11 @@ TRAIN_KEYS = [
     "run",
 ]
 INFERENCE_KEYS = ["bundle_root", "device", "network_def", "inferer", "run"]
+#: an evaluation bundle: its evaluate.json is the main config, its inference.json the per-image part
+EVALUATION_KEYS = {
+    "inference.json": ["bundle_root", "device", "run"],
+    "evaluate.json": ["bundle_root", "device", "run"],
+}
 #: keys of medicraft_monai.synthesis.generator's inference.json contract (for diffusion bundles)
 GENERATOR_KEYS = [
     "network_def",
@@ -106,6 +122,13 @@ def _committable_files(bundle: Path) -> list[Path]:
 
 def test_the_bundles_are_found() -> None:
     assert "oct_ddpm" in IDS, f"no bundles found under {BUNDLES_DIR}"
+    roles = {p.name: _role(p) for p in BUNDLES}
+    assert set(roles.values()) <= {"model", "evaluation"}, roles
+    for bundle in BUNDLES:
+        if _role(bundle) == "evaluation":
+            assert (bundle / "configs" / "evaluate.json").is_file(), (
+                f"{bundle.name}: an evaluation bundle needs evaluate.json"
+            )
 
 
 @pytest.mark.parametrize("bundle", BUNDLES, ids=IDS)
@@ -137,7 +160,10 @@ def test_every_config_parses_and_its_references_exist(bundle: Path) -> None:
         refs = ReferenceResolver.find_refs_in_config(parser.get(), id="")
         unknown = sorted(r for r in refs if r not in parser)
         assert not unknown, f"{bundle.name}/configs/{name}: references to undefined ids {unknown}"
-        wanted = {"train.json": TRAIN_KEYS, "inference.json": INFERENCE_KEYS}.get(name, ["run"])
+        if _role(bundle) == "evaluation":
+            wanted = EVALUATION_KEYS.get(name, ["run"])
+        else:
+            wanted = {"train.json": TRAIN_KEYS, "inference.json": INFERENCE_KEYS}.get(name, ["run"])
         missing = [k for k in wanted if k not in parser]
         assert not missing, f"{bundle.name}/configs/{name}: missing keys {missing}"
     if _is_diffusion(bundle):
@@ -194,7 +220,7 @@ def test_large_files_list_is_well_formed(bundle: Path) -> None:
         assert target.is_relative_to(bundle.resolve()) and entry["path"].startswith("models/"), entry
 
 
-@pytest.mark.parametrize("bundle", BUNDLES, ids=IDS)
+@pytest.mark.parametrize("bundle", MODEL_BUNDLES, ids=MODEL_IDS)
 def test_training_and_inference_define_the_same_network(bundle: Path) -> None:
     if not (bundle / "configs" / "train.json").is_file():
         pytest.fail(f"{bundle.name}: every bundle here is trainable; configs/train.json is missing")
@@ -206,14 +232,18 @@ def test_training_and_inference_define_the_same_network(bundle: Path) -> None:
     assert shapes[0] == shapes[1], f"{bundle.name}: train.json and inference.json build different networks"
 
 
-@pytest.mark.parametrize("bundle", BUNDLES, ids=IDS)
+@pytest.mark.parametrize("bundle", MODEL_BUNDLES, ids=MODEL_IDS)
 def test_network_matches_its_metadata_and_exports_to_torchscript(bundle: Path, tmp_path: Path) -> None:
     ckpt = bundle / "models" / "model.pt"
     torch.manual_seed(0)
     result = verify_bundle_network(
         bundle, ckpt_path=ckpt if ckpt.is_file() else None, export_path=tmp_path / "model.ts"
     )
-    image = _metadata(bundle)["network_data_format"]["inputs"]["image"]
-    assert result["output_shape"][2:] == tuple(image["spatial_shape"])
+    fmt = _metadata(bundle)["network_data_format"]
+    pred = fmt["outputs"]["pred"]
+    if pred["spatial_shape"]:  # image-shaped output (diffusion, image-to-image): the input's spatial shape
+        assert result["output_shape"][2:] == tuple(fmt["inputs"]["image"]["spatial_shape"])
+    else:  # one vector per image (a classifier): (batch, num_channels)
+        assert result["output_shape"][1:] == (int(pred["num_channels"]),)
     assert Path(result["torchscript"]).is_file()
     assert result["max_abs_diff"] <= 1e-4

@@ -13,13 +13,17 @@ from medicraft_monai.data.keys import OCTKeys
 MEDICRAFT = Path(sys.executable).with_name("medicraft")
 
 
+def _added(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after[k] - before[k] for k in before}
+
+
 def test_quick_demo_synthesises_multiplies_and_reports(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     proc = subprocess.run(
         [str(MEDICRAFT), "demo", "--output_dir", str(out), "--quick"], capture_output=True, text=True, timeout=900
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for stage in ("1/4", "2/4", "3/4", "4/4"):
+    for stage in ("1/5", "2/5", "3/5", "4/5", "5/5"):
         assert f"[medicraft demo] {stage}" in proc.stdout
 
     summary = json.loads((out / "summary.json").read_text())
@@ -45,4 +49,10 @@ def test_quick_demo_synthesises_multiplies_and_reports(tmp_path: Path) -> None:
     grid, _ = read_bscan(out / "samples.png")
     assert grid.shape[0] > 3 * 100  # three rows of tiles
     assert (out / "model" / "model.pt").is_file()
+    # the demo ends with the evaluation of its synthetic images, and its report points there
+    metrics = json.loads((out / "evaluation" / "metrics.json").read_text())
+    assert {"utility", "fidelity", "diversity", "privacy", "anatomy"} <= set(metrics)
+    assert metrics["data"]["counts"]["synthetic"] == {k: min(v, 8) for k, v in _added(before, after).items()}
+    assert "[evaluation/report.md](evaluation/report.md)" in report
+    assert "## Utility" in (out / "evaluation" / "report.md").read_text()
     assert list((out / "logs").rglob("events.out.tfevents.*"))
