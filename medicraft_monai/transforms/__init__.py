@@ -4,12 +4,21 @@
   :class:`RandOCTSpeckleNoise` (multiplicative gamma/Rayleigh speckle in the linear domain).
 - :mod:`.retina`: :func:`detect_retina_boundaries` (ILM and Bruch's membrane per column),
   :class:`RetinaCrop` (fixed height around the retina) and :class:`FlattenRetina` (Bruch's membrane on one row).
+- :mod:`.context`: :class:`ContextDisorder` (swap random pairs of non-overlapping patches, for self-supervised
+  context restoration).
 - :mod:`.spatial`: :class:`LateralityFlip` / :class:`RandLateralityFlip` (left-right flip that mirrors laterality
   and plane angle) and :class:`OCTResize` (resize keeping the wide aspect).
 """
 
 from __future__ import annotations
 
+from .context import (
+    ContextDisorder,
+    ContextDisorderD,
+    ContextDisorderd,
+    ContextDisorderDict,
+    item_seed,
+)
 from .intensity import (
     SCALED_KEY,
     RandOCTSpeckleNoise,
@@ -56,6 +65,10 @@ from .spatial import (
 )
 
 __all__ = [
+    "ContextDisorder",
+    "ContextDisorderD",
+    "ContextDisorderDict",
+    "ContextDisorderd",
     "CROP_ORIG_HEIGHT_KEY",
     "CROP_START_KEY",
     "FLATTEN_TARGET_KEY",
@@ -93,5 +106,6 @@ __all__ = [
     "detect_retina_boundaries",
     "flip_plane_angle",
     "get_flatten_shifts",
+    "item_seed",
     "swap_laterality",
 ]
