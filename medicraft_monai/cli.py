@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import fire
 
@@ -24,6 +25,11 @@ def _as_list(value: str | Sequence[str] | None) -> list[str] | None:
     return [str(v) for v in value]
 
 
+def _text(value: int | float | str | Sequence) -> str | Sequence:
+    """A single number from the command line as text, so that :func:`_as_list` reads it like "0" or "0,1"."""
+    return str(value) if isinstance(value, (int, float)) else value
+
+
 def _as_mapping(value: str | dict | None) -> dict | None:
     """Accept a dict (fire parses ``--prevalence '{"healthy": 0.7}'``) or a JSON string."""
     if value is None or isinstance(value, dict):
@@ -34,7 +40,7 @@ def _as_mapping(value: str | dict | None) -> dict | None:
 class MedicraftCLI:
     """medicraft_monai: multiply small OCT data sets with class-conditioned diffusion models.
 
-    Commands: phantom, datalist, multiply, evaluate, demo, info; label app_dir; review export.
+    Commands: phantom, datalist, multiply, evaluate, label_efficiency, demo, info; label app_dir; review export.
     """
 
     def __init__(self) -> None:
@@ -275,6 +281,54 @@ class MedicraftCLI:
             settings.classifier = {**settings.classifier, "max_epochs": int(epochs)}
         evaluate_synthesis(real_datalist, synthetic_datalist, output_dir, settings, overwrite=overwrite)
 
+    def label_efficiency(
+        self,
+        datalist: str,
+        output_dir: str = "label_efficiency",
+        fractions: str | Sequence[float] = (0.1, 0.25, 0.5, 1.0),
+        seeds: str | Sequence[int] = (0, 1, 2),
+        image_size: Sequence[int] = (64, 128),
+        pretrain_epochs: int = 20,
+        finetune_epochs: int = 10,
+        pretrained_ckpt: str | None = None,
+        max_per_class: int | None = None,
+        device: str = "cpu",
+    ) -> None:
+        """Does context-restoration pretraining save labels? Pretrained vs from-scratch classifiers with a fraction
+        of the training labels, several seeds; writes label_efficiency.json/.md/.png (see docs/context_restoration.md).
+
+        The same experiment runs as ``bundles/oct_context_restoration/configs/label_efficiency.json``.
+
+        Args:
+            datalist: a datalist JSON with patient-level splits, or a data folder (a folder per class).
+            output_dir: where the table, the plot and the pretrained network go (a rerun resumes).
+            fractions: label fractions, e.g. 0.1,0.25,0.5,1.
+            seeds: fine-tuning seeds, e.g. 0,1,2.
+            image_size: H,W the B-scans are resized to.
+            pretrain_epochs: context-restoration pretraining epochs.
+            finetune_epochs: classification fine-tuning epochs per run.
+            pretrained_ckpt: use this pretrained network instead of pretraining here.
+            max_per_class: at most this many training images per class (a quicker run).
+            device: cpu or cuda.
+        """
+        from medicraft_monai.ssl import run_label_efficiency
+
+        run_label_efficiency(
+            datalist,
+            output_dir,
+            fractions=[
+                float(v) for v in _as_list(fractions if not isinstance(fractions, float) else str(fractions)) or []
+            ],
+            seeds=[int(v) for v in _as_list(_text(seeds)) or []],
+            image_size=[int(v) for v in _as_list(image_size) or []],
+            pretrain_epochs=pretrain_epochs,
+            finetune_epochs=finetune_epochs,
+            pretrained_ckpt=pretrained_ckpt,
+            max_per_class=max_per_class,
+            device=device,
+        )
+        print(f"label efficiency table: {Path(output_dir) / 'label_efficiency.md'}")
+
     def demo(
         self,
         output_dir: str = "demo_output",
@@ -355,8 +409,6 @@ class ReviewCommands:
 
 def _write_accepted(result: dict, reviews: str) -> None:
     """Keep only expert-accepted synthetic images in multiply's datalists (written beside them as *_accepted)."""
-    from pathlib import Path
-
     from medicraft_monai.data.datalist import write_datalist
     from medicraft_monai.label import filter_accepted
 

@@ -24,7 +24,7 @@ def run_cli(*args: str, cwd: Path | None = None, check: bool = True) -> subproce
 def test_help_lists_the_commands() -> None:
     proc = run_cli("--help")
     out = proc.stdout + proc.stderr  # fire writes help to stderr when not on a terminal
-    for command in ("phantom", "datalist", "demo", "info"):
+    for command in ("phantom", "datalist", "multiply", "evaluate", "label_efficiency", "demo", "info", "label", "review"):
         assert command in out
 
 
@@ -117,3 +117,35 @@ def test_multiply_command_refuses_a_missing_checkpoint_before_any_work(tmp_path:
     assert proc.returncode == 2
     assert "none.pt: checkpoint not found" in proc.stderr and "Traceback" not in proc.stderr
     assert not list(out.rglob("*.png"))
+
+
+def test_label_app_dir_and_the_accepted_only_datalists_of_multiply(tmp_path: Path) -> None:
+    from medicraft_monai.cli import _write_accepted
+    from medicraft_monai.data.datalist import load_datalist, write_datalist
+    from medicraft_monai.demo import make_phantom_dataset
+
+    app = Path(run_cli("label", "app-dir").stdout.strip())
+    assert (app / "main.py").is_file() and (app / "lib").is_dir()
+
+    make_phantom_dataset(tmp_path / "real", exams=3, height=32, width=64, progress=False)
+    real = load_datalist(tmp_path / "real" / "datalist.json")
+    # three images standing in for multiply's synthetic output; the experts accepted only the second
+    fake = [dict(it, synthetic=True, patient_id=f"synthetic-{k}") for k, it in enumerate(real["training"][:3])]
+    synth = write_datalist(
+        tmp_path / "datalist_synthetic.json", {**real, "training": fake, "validation": [], "test": []}
+    )
+    combined = write_datalist(tmp_path / "datalist_real_synthetic.json", {**real, "training": real["training"] + fake})
+    reviews = tmp_path / "reviews.json"
+    verdicts = ["reject", "accept", "reject"]
+    reviews.write_text(
+        json.dumps(
+            {f"img{k}": {"sha256": it["sha256"], "decision": d} for k, (it, d) in enumerate(zip(fake, verdicts))}
+        )
+    )
+    _write_accepted({"datalist_synthetic": str(synth), "datalist_combined": str(combined)}, str(reviews))
+
+    kept = load_datalist(tmp_path / "datalist_synthetic_accepted.json", check=False)
+    assert [it["sha256"] for it in kept["training"]] == [fake[1]["sha256"]]
+    both = load_datalist(tmp_path / "datalist_real_synthetic_accepted.json", check=False)
+    assert sum(bool(it.get("synthetic")) for it in both["training"]) == 1
+    assert sum(not it.get("synthetic") for it in both["training"]) == len(real["training"])  # real images all stay

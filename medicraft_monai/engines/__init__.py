@@ -1,8 +1,31 @@
-"""Engine pieces for ignite/MONAI workflows: prepare-batch callables and handlers."""
+"""Engine pieces for ignite/MONAI workflows: prepare-batch callables and handlers (pixel and latent diffusion)."""
 
 from __future__ import annotations
 
 from .handlers import ClassSampleGridHandler
+from .latent import (
+    AutoencoderKLUpdate,
+    LatentCache,
+    LatentInfoWriter,
+    LatentSampleGridHandler,
+    ReconstructionGridHandler,
+    ReconstructionPrepareBatch,
+    SampleLatentd,
+    build_latent_cache,
+    load_frozen_autoencoder,
+)
 from .prepare_batch import ClassConditionedPrepareBatch
 
-__all__ = ["ClassConditionedPrepareBatch", "ClassSampleGridHandler"]
+__all__ = [
+    "AutoencoderKLUpdate",
+    "ClassConditionedPrepareBatch",
+    "ClassSampleGridHandler",
+    "LatentCache",
+    "LatentInfoWriter",
+    "LatentSampleGridHandler",
+    "ReconstructionGridHandler",
+    "ReconstructionPrepareBatch",
+    "SampleLatentd",
+    "build_latent_cache",
+    "load_frozen_autoencoder",
+]
