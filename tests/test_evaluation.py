@@ -202,3 +202,24 @@ def test_per_image_anatomy_table_on_real_images_reports_an_unreadable_file(oct20
     assert result["summary"]["errors"] == 1
     header = Path(result["csv"]).read_text().splitlines()[0]
     assert header.startswith("image,class_name,passed,failures,doubled_fovea")
+
+
+def test_the_context_restoration_encoder_is_a_feature_extractor(phantom_sets, tmp_path) -> None:
+    import torch
+
+    from medicraft_monai.ssl import ContextRestorationNet, export_encoder
+
+    torch.manual_seed(0)
+    net = ContextRestorationNet(features=(8, 8, 16, 16, 32, 8))
+    torch.save(net.state_dict(), tmp_path / "pretrained.pt")
+    encoder = export_encoder(tmp_path / "pretrained.pt", tmp_path / "encoder.ts", input_size=SIZE)
+    m = evaluate_synthesis(
+        phantom_sets["real"],
+        phantom_sets["copies"],
+        tmp_path / "ssl",
+        _settings(feature_extractor=str(encoder), anatomy=False),
+    )
+    assert m["features"]["extractor"] == str(encoder)
+    assert m["features"]["dimension"] == 32  # the encoder's deepest feature count
+    assert not (tmp_path / "ssl" / "feature_extractor").exists()  # nothing was trained
+    assert m["fidelity"]["overall"]["precision"] == 1.0 and m["privacy"]["spaces"]["features"]["flagged"] is True
