@@ -24,7 +24,17 @@ def run_cli(*args: str, cwd: Path | None = None, check: bool = True) -> subproce
 def test_help_lists_the_commands() -> None:
     proc = run_cli("--help")
     out = proc.stdout + proc.stderr  # fire writes help to stderr when not on a terminal
-    for command in ("phantom", "datalist", "multiply", "evaluate", "label_efficiency", "demo", "info", "label", "review"):
+    for command in (
+        "phantom",
+        "datalist",
+        "multiply",
+        "evaluate",
+        "label_efficiency",
+        "demo",
+        "info",
+        "label",
+        "review",
+    ):
         assert command in out
 
 

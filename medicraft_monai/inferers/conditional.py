@@ -13,6 +13,7 @@ it was drawn in.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -20,26 +21,47 @@ from monai.inferers import DiffusionInferer
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
 from monai.utils import optional_import
 
+from medicraft_monai.inferers.solvers import DPMSolverMultistepScheduler
+
 tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
 
 __all__ = ["SAMPLERS", "ClassConditionedDiffusionInferer", "make_scheduler", "seeded_noise"]
 
 #: sampler name -> scheduler class
-SAMPLERS: dict[str, type[Scheduler]] = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}
+SAMPLERS: dict[str, type[Scheduler]] = {
+    "ddpm": DDPMScheduler,
+    "ddim": DDIMScheduler,
+    "dpmpp_2m": DPMSolverMultistepScheduler,
+}
+
+_RFLOW_REASON = (
+    "sampler 'rflow' is not offered: MONAI's RFlowScheduler integrates a velocity field of a model trained with "
+    "rectified-flow targets on its own time axis, whereas medicraft_monai's diffusion bundles train noise "
+    "(epsilon) predictors with a DDPMScheduler; their probability-flow ODE is what 'ddim' (first order) and "
+    "'dpmpp_2m' (second order) solve. See docs/samplers.md"
+)
 
 
 def make_scheduler(
     sampler: str = "ddim", num_train_timesteps: int = 1000, schedule: str = "linear_beta", **kwargs
 ) -> Scheduler:
-    """Create a MONAI noise scheduler by sampler name (``"ddpm"`` or ``"ddim"``).
+    """Create a MONAI noise scheduler by sampler name (``"ddpm"``, ``"ddim"`` or ``"dpmpp_2m"``).
 
     Args:
-        sampler: "ddpm" (ancestral, one step per training timestep) or "ddim" (deterministic for ``eta=0``).
+        sampler: "ddpm" (ancestral, one step per training timestep), "ddim" (deterministic for ``eta=0``) or
+            "dpmpp_2m" (DPM-Solver++ 2M, :class:`~medicraft_monai.inferers.solvers.DPMSolverMultistepScheduler`:
+            second order, one UNet pass per step; see docs/samplers.md).
         num_train_timesteps: the number of diffusion steps the model was trained with.
         schedule: MONAI noise schedule ("linear_beta", "scaled_linear_beta", "sigmoid_beta", "cosine").
-        kwargs: passed to the scheduler (for example ``clip_sample``, ``beta_start``, ``beta_end``).
+        kwargs: passed to the scheduler (for example ``clip_sample``, ``beta_start``, ``beta_end``; for "dpmpp_2m"
+            also ``timestep_spacing`` and ``use_karras_sigmas``).
+
+    Raises:
+        ValueError: an unknown sampler, or "rflow" (which needs a velocity-trained model; the message says why).
     """
-    key = sampler.lower()
+    key = str(sampler).lower()
+    if key == "rflow":
+        raise ValueError(_RFLOW_REASON)
     if key not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
     return SAMPLERS[key](num_train_timesteps=num_train_timesteps, schedule=schedule, **kwargs)
@@ -72,6 +94,9 @@ class ClassConditionedDiffusionInferer(DiffusionInferer):
         amp_dtype: autocast dtype used while sampling ("bfloat16", "float16") or ``None`` for full precision.
             bf16 on CPUs with AMX (and on recent GPUs) is several times faster.
         channels_last: run the UNet in channels-last memory format (faster with bf16 on CPU and GPU).
+        compile_model: sample with ``torch.compile(network)`` (compiled once per network and kept; the first batch
+            pays the compile time, so it helps long runs; see docs/benchmarks.md for when it pays off).
+        compile_mode: ``torch.compile`` mode (``None``, "reduce-overhead" for CUDA graphs on a GPU, "max-autotune").
     """
 
     def __init__(
@@ -81,12 +106,25 @@ class ClassConditionedDiffusionInferer(DiffusionInferer):
         guidance_scale: float = 1.0,
         amp_dtype: str | torch.dtype | None = None,
         channels_last: bool = False,
+        compile_model: bool = False,
+        compile_mode: str | None = None,
     ) -> None:
         super().__init__(scheduler)
         self.null_class = null_class
         self.guidance_scale = float(guidance_scale)
         self.amp_dtype = getattr(torch, amp_dtype) if isinstance(amp_dtype, str) else amp_dtype
         self.channels_last = channels_last
+        self.compile_model = bool(compile_model)
+        self.compile_mode = compile_mode
+        self._compiled: tuple[weakref.ref, torch.nn.Module] | None = None
+
+    def compiled(self, diffusion_model: torch.nn.Module) -> torch.nn.Module:
+        """The network to run: ``diffusion_model`` itself, or its ``torch.compile`` version with ``compile_model``."""
+        if not self.compile_model:
+            return diffusion_model
+        if self._compiled is None or self._compiled[0]() is not diffusion_model:
+            self._compiled = (weakref.ref(diffusion_model), torch.compile(diffusion_model, mode=self.compile_mode))
+        return self._compiled[1]
 
     def __call__(  # type: ignore[override]
         self,
@@ -136,7 +174,7 @@ class ClassConditionedDiffusionInferer(DiffusionInferer):
             x_in = x_in.contiguous(memory_format=torch.channels_last)
         timesteps = torch.full((x_in.shape[0],), int(t), device=x.device, dtype=torch.long)
         with self._autocast(x.device):
-            out = diffusion_model(x=x_in, timesteps=timesteps, class_labels=labels).float()
+            out = self.compiled(diffusion_model)(x=x_in, timesteps=timesteps, class_labels=labels).float()
         if guided:
             cond, uncond = out.chunk(2)
             out = uncond + guidance_scale * (cond - uncond)
@@ -163,7 +201,8 @@ class ClassConditionedDiffusionInferer(DiffusionInferer):
             diffusion_model: the class-conditioned UNet (put it in eval mode first).
             class_labels: (B,) class indices.
             scheduler: the sampling scheduler (default: the training one). Its timesteps are set here.
-            num_inference_steps: sampling steps (default: the scheduler's training steps for DDPM, 50 for DDIM).
+            num_inference_steps: sampling steps (default: the scheduler's ``default_inference_steps`` (20 for
+                DPM-Solver++), 50 for DDIM, the training steps for DDPM).
             guidance_scale: classifier-free guidance weight (default: this inferer's).
             generators: one generator per image for the stochastic steps (DDPM, DDIM with ``eta > 0``), so that
                 an image depends only on its seed; ``None`` uses the global generator.
@@ -183,7 +222,8 @@ class ClassConditionedDiffusionInferer(DiffusionInferer):
             raise ValueError(f"{len(generators)} generators for a batch of {input_noise.shape[0]} images")
         w = self.guidance_scale if guidance_scale is None else float(guidance_scale)
         if num_inference_steps is None:
-            num_inference_steps = 50 if isinstance(sched, DDIMScheduler) else sched.num_train_timesteps
+            default = getattr(sched, "default_inference_steps", 50 if isinstance(sched, DDIMScheduler) else None)
+            num_inference_steps = int(default) if default is not None else sched.num_train_timesteps
         sched.set_timesteps(num_inference_steps=num_inference_steps, device=input_noise.device)
         steps = sched.timesteps
         if verbose and has_tqdm:
