@@ -350,7 +350,7 @@ def inference_items(source: str | PathLike | Sequence[str | PathLike], split: st
         for p in source:
             if not Path(p).is_file():
                 raise OCTDataError(p, "image file not found")
-            out.append({OCTKeys.IMAGE: str(Path(p).resolve())})
+            out.append({OCTKeys.IMAGE: os.path.abspath(p)})  # absolute, symbolic links kept as the user gave them
     if not out:
         raise EmptyDatasetError(where, f"no images to classify (split {split!r} of a datalist, or image files)")
     for it in out:
