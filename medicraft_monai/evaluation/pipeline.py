@@ -523,7 +523,10 @@ def _sample_grid(path: Path, class_names, x_train, y_train, x_synth, y_synth, pe
         real = [x_train[j, 0].numpy() for j in np.flatnonzero(y_train == i)[:per_class]]
         fake = [x_synth[j, 0].numpy() for j in np.flatnonzero(y_synth == i)[:per_class]]
         rows += [real, fake]
-        labels += [f"{c} (real)", f"{c} (synthetic)"]
+        labels += [
+            f"{c} (real)" if real else f"{c} (real: none)",
+            f"{c} (synthetic)" if fake else f"{c} (synthetic: none)",
+        ]
     h, w = x_train.shape[-2:]
     scale = 256 / w
     return save_image_grid(path, rows, row_labels=labels, tile_size=(max(32, int(h * scale)), 256), label_width=150)
