@@ -7,6 +7,7 @@ the resumed run's weights are then evaluated, sampled and exported by the other 
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import signal
@@ -353,7 +354,8 @@ def test_trained_network_matches_its_metadata_and_exports_to_torchscript(trained
     )
     assert result["output_shape"] == (1, 1, 128, 256) and result["max_abs_diff"] <= 1e-4
     ts, meta, extra = load_net_with_metadata(result["torchscript"], more_extra_files=["inference.json"])
-    assert meta["version"] == "0.1.0" and b"network_def" in extra["inference.json"]
+    version = json.loads((BUNDLE / "configs" / "metadata.json").read_text())["version"]
+    assert meta["version"] == version and b"network_def" in extra["inference.json"]
     x = torch.zeros(2, 1, 32, 64)
     out = ts(x, torch.tensor([0, 999]), torch.tensor([0, len(CLASSES)]))
     assert out.shape == x.shape and torch.isfinite(out).all()
