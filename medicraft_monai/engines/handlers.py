@@ -26,7 +26,8 @@ class ClassSampleGridHandler:
 
     Args:
         network: the network to sample from (usually the EMA copy); switched to eval mode while sampling.
-        inferer: the class-conditioned inferer.
+        inferer: the class-conditioned inferer; a latent one (with ``latent_shape``) gets its noise in latent space
+            and its decoded images fill the grid at ``image_shape``.
         class_names: names of the real classes, in label order.
         image_shape: (C, H, W) of a sample.
         scheduler: sampling scheduler (default: the inferer's).
@@ -83,7 +84,10 @@ class ClassSampleGridHandler:
         """Sample ``per_class`` images of every class and return the grid as a uint8 (H, W) array."""
         labels = [c for c in range(len(self.class_names)) for _ in range(self.per_class)]
         seeds = [self.seed + i for i in range(len(labels))]
-        noise, gens = seeded_noise(seeds, self.image_shape, device=device)
+        # a latent inferer samples noise in its latent space and decodes to image_shape
+        latent_shape = getattr(self.inferer, "latent_shape", None)
+        shape = tuple(latent_shape(self.image_shape)) if callable(latent_shape) else self.image_shape
+        noise, gens = seeded_noise(seeds, shape, device=device)
         was_training = self.network.training
         self.network.eval()
         try:

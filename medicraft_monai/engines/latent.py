@@ -36,8 +36,6 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable
 from tqdm import tqdm
 
-from medicraft_monai.engines.handlers import ClassSampleGridHandler
-from medicraft_monai.inferers.conditional import seeded_noise
 from medicraft_monai.visualize import image_grid
 
 __all__ = [
@@ -45,7 +43,6 @@ __all__ = [
     "AutoencoderKLUpdate",
     "LatentCache",
     "LatentInfoWriter",
-    "LatentSampleGridHandler",
     "ReconstructionGridHandler",
     "ReconstructionPrepareBatch",
     "SampleLatentd",
@@ -604,35 +601,6 @@ def read_latent_info(path: str | PathLike, autoencoder_ckpt_path: str | PathLike
                 f"(sha256 {sha[:12]}..., {p.name} expects {str(info['autoencoder_sha256'])[:12]}...)"
             )
     return info
-
-
-class LatentSampleGridHandler(ClassSampleGridHandler):
-    """:class:`~medicraft_monai.engines.ClassSampleGridHandler` for a latent inferer: the noise is drawn in latent
-    space (``inferer.latent_shape(image_shape)``) and the decoded images fill the grid at ``image_shape``."""
-
-    def sample_grid(self, device: torch.device | str = "cpu") -> np.ndarray:
-        labels = [c for c in range(len(self.class_names)) for _ in range(self.per_class)]
-        seeds = [self.seed + i for i in range(len(labels))]
-        noise, gens = seeded_noise(seeds, self.inferer.latent_shape(self.image_shape), device=device)
-        was_training = self.network.training
-        self.network.eval()
-        try:
-            images = self.inferer.sample(
-                noise,
-                self.network,
-                labels,
-                scheduler=self.scheduler,
-                num_inference_steps=self.num_inference_steps,
-                guidance_scale=self.guidance_scale,
-                generators=gens,
-                verbose=False,
-            )
-        finally:
-            self.network.train(was_training)
-        shown = ((images.clamp(-1, 1) + 1) / 2).cpu().numpy()
-        rows = [list(shown[c * self.per_class : (c + 1) * self.per_class]) for c in range(len(self.class_names))]
-        h, w = self.image_shape[-2:]
-        return image_grid(rows, row_labels=self.class_names, tile_size=(h, w), pad=2, label_width=80)
 
 
 def output_scalars(keys: Sequence[str], prefix: str = "train/") -> Any:
