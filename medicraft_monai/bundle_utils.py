@@ -45,6 +45,7 @@ __all__ = [
     "example_network_inputs",
     "flag",
     "latest_checkpoint",
+    "read_datalist_json",
     "verify_bundle_network",
 ]
 
@@ -82,6 +83,24 @@ def flag(value: Any) -> bool:
 # --------------------------------------------------------------------------------------------------------------------
 # data
 # --------------------------------------------------------------------------------------------------------------------
+def read_datalist_json(path: str | PathLike) -> dict[str, Any]:
+    """A datalist JSON file as read (relative paths untouched), with errors that name the file and the problem.
+
+    Raises:
+        OCTDataError: a missing or unreadable file, or JSON that is not an object.
+    """
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise OCTDataError(path, "datalist file not found (set --datalist to your datalist JSON)") from None
+    except (OSError, json.JSONDecodeError) as err:
+        raise OCTDataError(path, f"cannot read the datalist: {err}") from None
+    if not isinstance(data, dict):
+        raise OCTDataError(path, "a datalist must be a JSON object with 'labels' and split lists")
+    return data
+
+
 def check_datalist_classes(
     datalist: str | PathLike | Mapping[str, Any],
     class_names: Sequence[str],
@@ -110,15 +129,7 @@ def check_datalist_classes(
         data = datalist
     else:
         where = str(datalist)
-        try:
-            with open(datalist) as f:
-                data = json.load(f)
-        except FileNotFoundError:
-            raise OCTDataError(where, "datalist file not found (set --datalist to your datalist JSON)") from None
-        except (OSError, json.JSONDecodeError) as err:
-            raise OCTDataError(where, f"cannot read the datalist: {err}") from None
-        if not isinstance(data, Mapping):
-            raise OCTDataError(where, "a datalist must be a JSON object with 'labels' and split lists")
+        data = read_datalist_json(datalist)
     wanted = [str(c) for c in class_names]
     labels = data.get("labels")
     if not isinstance(labels, Mapping) or not labels:

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from medicraft_monai.bundle_utils import read_datalist_json
 from medicraft_monai.data.errors import EmptyDatasetError, OCTDataError, UnknownLabelError
 from medicraft_monai.data.keys import OCTKeys
 
@@ -219,19 +220,6 @@ def save_confusion_matrix(
 # --------------------------------------------------------------------------------------------------------------------
 # bundle helpers: data
 # --------------------------------------------------------------------------------------------------------------------
-def _read_json(path: str | PathLike) -> dict[str, Any]:
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise OCTDataError(path, "datalist file not found (set --datalist to your datalist JSON)") from None
-    except (OSError, json.JSONDecodeError) as err:
-        raise OCTDataError(path, f"cannot read the datalist: {err}") from None
-    if not isinstance(data, dict):
-        raise OCTDataError(path, "a datalist must be a JSON object with 'labels' and split lists")
-    return data
-
-
 def datalist_class_names(
     datalist: str | PathLike | Mapping[str, Any] | None, default: Sequence[str] = DEFAULT_CLASS_NAMES
 ) -> list[str]:
@@ -245,7 +233,7 @@ def datalist_class_names(
     if not isinstance(datalist, Mapping):
         if not Path(datalist).is_file():
             return [str(c) for c in default]
-        datalist = _read_json(datalist)
+        datalist = read_datalist_json(datalist)
     labels = datalist.get("labels")
     if not isinstance(labels, Mapping) or not labels:
         return [str(c) for c in default]
