@@ -9,6 +9,7 @@ the end. Requests are sent the way ``MONAILabelClient`` sends them (multipart ``
 from __future__ import annotations
 
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from _label_server import (
     CLASSES,
     CLASSIFIER_BUNDLE,
     GENERATOR_BUNDLE,
+    REPO,
     TINY_CLASSIFIER,
     TINY_GENERATOR,
     LabelServer,
@@ -208,7 +210,9 @@ def test_bad_requests_get_clear_4xx(server: LabelServer, setup: dict):
         (server.infer("synthesize", "new", {"seed": 1}), 422, "'class' is required"),
         (server.infer("synthesize", "new", {"class": "CNV", "count": 0}), 422, "'count'"),
         (server.infer("synthesize", "new", {"class": "CNV", "steps": "many"}), 422, "'steps'"),
-        (server.infer("classify", "../../etc/passwd", {}), 400, "outside the studies folder"),
+        (server.infer("classify", "/etc/passwd", {}), 400, "outside the studies folder"),
+        (server.infer("classify", "../../etc/passwd", {}), 400, "not a plain file name"),
+        (server.infer("classify", os.path.relpath("/etc/passwd", REPO), {}), 400, "not a plain file name"),
         (server.infer("classify", str(setup["root"] / "real_datalist.json"), {}), 400, "outside the studies folder"),
         (server.infer("classify", "no_such_image", {}), 404, "not in the datastore"),
         (server.infer("no_such_model", target, {}), 404, "unknown model"),

@@ -119,11 +119,16 @@ class MedicraftLabelApp(MONAILabelApp):
     # ------------------------------------------------------------------------------------------------ requests
     def _resolve_image(self, image: Any) -> str:
         """A datastore id, or an uploaded file, as a path; HTTP 400 for paths outside the studies folder, 404 for
-        unknown ids."""
+        unknown ids.
+
+        Only absolute paths are taken as files (MONAI Label's uploads and images of the studies folder): a relative
+        path such as ``../../etc/passwd`` is never resolved against the server's working directory, so the answer
+        does not depend on where the server was started; it is refused as an unsafe image id.
+        """
         store: ReviewDatastore = self.datastore()
         if isinstance(image, str) and store.has_image(image):
             return store.get_image_uri(image)
-        if isinstance(image, str) and image and os.path.isfile(image):
+        if isinstance(image, str) and os.path.isabs(image) and os.path.isfile(image):
             path = Path(image).resolve()
             upload = path.parent == Path(tempfile.gettempdir()).resolve() and path.name.startswith("tmp")
             inside = store.studies_path() in path.parents
