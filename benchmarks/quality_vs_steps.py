@@ -57,6 +57,7 @@ def settings(args):
         attention_levels=tuple([False] * (len(args.channels) - 1) + [True]),
         max_epochs=args.epochs,
         batch_size=args.train_batch,
+        prediction_type=args.prediction_type,
     )
 
 
@@ -244,6 +245,12 @@ def parse_args(argv=None):
     ap.add_argument("--phantom-height", type=int, default=256)
     ap.add_argument("--phantom-width", type=int, default=512)
     ap.add_argument("--train-batch", type=int, default=16)
+    ap.add_argument(
+        "--prediction-type",
+        default="v_prediction",
+        choices=["v_prediction", "epsilon", "sample"],
+        help="what the UNet predicts (as trained; default v_prediction, the bundles' default)",
+    )
     ap.add_argument("--steps", type=int, nargs="+", default=None, help="step counts (default 5 10 15 20 25 50)")
     ap.add_argument("--dpm-steps", type=int, nargs="+", default=None, help="DPM-Solver++ step counts (--steps)")
     ap.add_argument("--per-class", type=int, default=None, help="images per class and setting (default 16)")

@@ -355,16 +355,17 @@ class ProgressBarHandler:
 # --------------------------------------------------------------------------------------------------------------------
 # sampling
 # --------------------------------------------------------------------------------------------------------------------
-def build_generator(**components: Any):
+def build_generator(diffusion_settings: Mapping[str, Any] | None = None, **components: Any):
     """A :class:`~medicraft_monai.synthesis.generator.DiffusionGenerator` from a config's own components.
 
     The config-side twin of ``DiffusionGenerator.from_bundle``: an ``inference.json`` passes its ``network_def``,
     ``inferer``, ``sampling_scheduler``... here, so command-line overrides of any of them apply. See
-    :meth:`DiffusionGenerator.from_components` for the arguments and errors.
+    :meth:`DiffusionGenerator.from_components` for the arguments and errors. ``diffusion_settings`` (the config's
+    ``diffusion_settings``) are checked against the ``diffusion.json`` that training wrote next to the weights.
     """
     from medicraft_monai.synthesis.generator import DiffusionGenerator
 
-    return DiffusionGenerator.from_components(**components)
+    return DiffusionGenerator.from_components(diffusion_settings=diffusion_settings, **components)
 
 
 # --------------------------------------------------------------------------------------------------------------------

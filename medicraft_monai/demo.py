@@ -132,6 +132,7 @@ class DemoSettings:
         batch_size: training batch size.
         learning_rate: Adam learning rate.
         num_train_timesteps: diffusion steps.
+        prediction_type: what the UNet predicts ("v_prediction", "epsilon" or "sample"); see docs/samplers.md.
         sampling_steps: DDIM steps when multiplying.
         guidance_scale: classifier-free guidance weight when multiplying.
         grid_per_class: real and synthetic images per class in the report's grid.
@@ -151,6 +152,7 @@ class DemoSettings:
     batch_size: int = 16
     learning_rate: float = 5e-4
     num_train_timesteps: int = 1000
+    prediction_type: str = "v_prediction"
     sampling_steps: int = 25
     guidance_scale: float = 1.0
     grid_per_class: int = 4
@@ -208,6 +210,7 @@ class DemoSettings:
             "norm_num_groups": min(16, math.gcd(*self.channels)),
             "use_flash_attention": False,
             "num_train_timesteps": self.num_train_timesteps,
+            "prediction_type": self.prediction_type,
         }
 
 

@@ -47,6 +47,55 @@ def test_prepare_batch_drops_labels_to_the_null_class_at_the_given_rate() -> Non
     assert kwargs["timesteps"].shape == (4000,) and int(kwargs["timesteps"].max()) < 1000
 
 
+class OracleNetwork(torch.nn.Module):
+    """The exact prediction of a diffusion model whose training set is the single image ``target``."""
+
+    def __init__(self, target: torch.Tensor, scheduler, prediction_type: str) -> None:
+        super().__init__()
+        self.target, self.scheduler, self.prediction_type = target, scheduler, prediction_type
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
+        ab = self.scheduler.alphas_cumprod[timesteps].reshape(-1, 1, 1, 1)
+        eps = (x - ab.sqrt() * self.target) / (1 - ab).sqrt()
+        if self.prediction_type == "v_prediction":
+            return ab.sqrt() * eps - (1 - ab).sqrt() * self.target
+        if self.prediction_type == "sample":
+            return self.target.expand_as(x)
+        return eps
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_training_target_and_sampler_agree_for_each_prediction_type(prediction_type: str) -> None:
+    train_sched = make_scheduler("ddpm", 1000, prediction_type=prediction_type)
+    prep = ClassConditionedPrepareBatch(
+        1000, null_class=NUM_CLASSES, drop_prob=0.0, prediction_type=prediction_type, scheduler=train_sched
+    )
+    image = torch.linspace(-1, 1, 8 * 16).reshape(1, 1, 8, 16)
+    images, target, _, kwargs = prep({"image": image.repeat(4, 1, 1, 1), "label": torch.zeros(4, dtype=torch.long)})
+    ab = train_sched.alphas_cumprod[kwargs["timesteps"]].reshape(-1, 1, 1, 1)
+    expected = {
+        "epsilon": kwargs["noise"],
+        "v_prediction": ab.sqrt() * kwargs["noise"] - (1 - ab).sqrt() * images,
+        "sample": images,
+    }[prediction_type]
+    assert torch.allclose(target, expected, atol=1e-6)
+    # a network that predicts that target exactly is sampled back to the training image in a few DDIM steps
+    oracle = OracleNetwork(image, train_sched, prediction_type)
+    inferer = ClassConditionedDiffusionInferer(train_sched, null_class=NUM_CLASSES)
+    noise, _ = seeded_noise([0], (1, 8, 16))
+    for sampler, steps in (("ddim", 10), ("dpmpp_2m", 10)):
+        sched = make_scheduler(sampler, 1000, prediction_type=prediction_type)
+        out = inferer.sample(noise, oracle, [0], scheduler=sched, num_inference_steps=steps, verbose=False)
+        assert torch.allclose(out, image, atol=1e-3), (sampler, float((out - image).abs().max()))
+
+
+def test_prepare_batch_rejects_an_unknown_prediction_type() -> None:
+    with pytest.raises(ValueError, match="unknown prediction_type 'x0'"):
+        ClassConditionedPrepareBatch(10, null_class=NUM_CLASSES, prediction_type="x0")
+    with pytest.raises(ValueError, match="needs the training scheduler"):
+        ClassConditionedPrepareBatch(10, null_class=NUM_CLASSES, prediction_type="v_prediction")
+
+
 def test_prepare_batch_rejects_labels_outside_the_classes() -> None:
     prep = ClassConditionedPrepareBatch(num_train_timesteps=10, null_class=NUM_CLASSES)
     with pytest.raises(ValueError, match="class labels must be in"):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .handlers import ClassSampleGridHandler
+from .handlers import ClassSampleGridHandler, DiffusionSettingsWriter
 from .latent import (
     AutoencoderKLUpdate,
     LatentCache,
@@ -19,6 +19,7 @@ __all__ = [
     "AutoencoderKLUpdate",
     "ClassConditionedPrepareBatch",
     "ClassSampleGridHandler",
+    "DiffusionSettingsWriter",
     "LatentCache",
     "LatentInfoWriter",
     "ReconstructionGridHandler",

@@ -1,10 +1,15 @@
-"""Ignite handlers for diffusion training: per-class sample grids in TensorBoard (and as PNG files)."""
+"""Ignite handlers for diffusion training: per-class sample grids in TensorBoard (and as PNG files), and the
+diffusion settings written next to the weights (``diffusion.json``) so that sampling can check them."""
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
+from os import PathLike
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,7 +18,7 @@ from ignite.engine import Engine, Events
 from medicraft_monai.inferers.conditional import ClassConditionedDiffusionInferer, seeded_noise
 from medicraft_monai.visualize import image_grid
 
-__all__ = ["ClassSampleGridHandler"]
+__all__ = ["ClassSampleGridHandler", "DiffusionSettingsWriter"]
 
 logger = logging.getLogger(__name__)
 
@@ -121,3 +126,52 @@ class ClassSampleGridHandler:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             Image.fromarray(grid).save(self.output_dir / f"samples_epoch_{epoch:04d}.png")
         logger.info("epoch %d: logged a %s sample grid", epoch, "x".join(map(str, grid.shape)))
+
+
+def _jsonable(value: Any, where: str) -> Any:
+    """``value`` as plain JSON types: tuples become lists, numpy/torch scalars Python numbers."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, (str, bool)) or value is None:
+        return value
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, (np.generic, torch.Tensor)) and np.ndim(value) == 0:
+        return value.item()
+    if isinstance(value, (Sequence, np.ndarray, torch.Tensor)):
+        return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    raise TypeError(f"diffusion setting {where} = {value!r} ({type(value).__name__}) is not JSON-able")
+
+
+class DiffusionSettingsWriter:
+    """Write the settings a diffusion model is trained with (``diffusion.json``) when training starts.
+
+    Weights sampled with another prediction type, noise schedule, number of training timesteps or class list than
+    they were trained with give pure noise without any error; sampling therefore reads this file back
+    (:func:`medicraft_monai.synthesis.generator.check_diffusion_settings`) and refuses a config that differs.
+    Write it next to ``model.pt`` (the bundles' ``@ckpt_dir``). The file is replaced atomically.
+
+    Args:
+        path: the JSON file (``models/diffusion.json``).
+        settings: JSON-able values (tuples are written as lists), e.g. ``{"prediction_type": "v_prediction",
+            "noise_schedule": "linear_beta", "num_train_timesteps": 1000, "class_names": [...], "image_size":
+            [128, 256]}``.
+
+    Raises:
+        TypeError: a setting that cannot be written as JSON.
+    """
+
+    def __init__(self, path: str | PathLike, settings: Mapping[str, Any]) -> None:
+        self.path = Path(path)
+        self.settings = _jsonable(dict(settings), "settings")
+        json.dumps(self.settings)  # fail when the config is parsed, not when training starts
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine | None = None) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text(json.dumps(self.settings, indent=2) + "\n")
+        os.replace(tmp, self.path)
+        logger.info("diffusion settings written to %s", self.path)

@@ -8,7 +8,10 @@ from typing import Any
 import torch
 from monai.engines.utils import DiffusionPrepareBatch
 
-__all__ = ["ClassConditionedPrepareBatch"]
+__all__ = ["PREDICTION_TYPES", "ClassConditionedPrepareBatch"]
+
+#: what a diffusion network may be trained to predict (MONAI's ``DDPMPredictionType`` values)
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
 class ClassConditionedPrepareBatch(DiffusionPrepareBatch):
@@ -28,6 +31,10 @@ class ClassConditionedPrepareBatch(DiffusionPrepareBatch):
         drop_prob: probability of replacing a label by ``null_class`` (0 disables; 0.1 to 0.2 is usual).
         seed: seed of the label-dropout generator (timesteps and noise follow torch's global generator, which
             MONAI's ``set_determinism`` controls).
+        prediction_type: what the network learns to predict, and so the loss target: "epsilon" (the noise),
+            "v_prediction" (the velocity ``sqrt(a) * noise - sqrt(1 - a) * image``, Salimans and Ho, 2022; needs
+            ``scheduler``) or "sample" (the clean image). The sampling schedulers must be built with the same value.
+        scheduler: the training noise scheduler (only used for "v_prediction", through its ``get_velocity``).
     """
 
     def __init__(
@@ -37,14 +44,30 @@ class ClassConditionedPrepareBatch(DiffusionPrepareBatch):
         label_key: str = "label",
         drop_prob: float = 0.1,
         seed: int | None = None,
+        prediction_type: str = "epsilon",
+        scheduler: Any = None,
     ) -> None:
         super().__init__(num_train_timesteps=num_train_timesteps)
         if not 0.0 <= drop_prob <= 1.0:
             raise ValueError(f"drop_prob must be in [0, 1], got {drop_prob}")
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"unknown prediction_type {prediction_type!r}; choose one of {list(PREDICTION_TYPES)}")
+        if prediction_type == "v_prediction" and not callable(getattr(scheduler, "get_velocity", None)):
+            raise ValueError("prediction_type 'v_prediction' needs the training scheduler (with get_velocity)")
+        self.prediction_type = prediction_type
+        self.scheduler = scheduler
         self.null_class = int(null_class)
         self.label_key = label_key
         self.drop_prob = float(drop_prob)
         self._gen = torch.Generator().manual_seed(seed) if seed is not None else None
+
+    def get_target(self, images: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The loss target for ``prediction_type``: the noise, the velocity or the clean image."""
+        if self.prediction_type == "v_prediction":
+            return self.scheduler.get_velocity(images, noise, timesteps)
+        if self.prediction_type == "sample":
+            return images
+        return noise
 
     def labels(self, batchdata: Mapping[str, Any]) -> torch.Tensor:
         """The batch's class labels as a (B,) long tensor, checked against the null class."""

@@ -36,9 +36,9 @@ SAMPLERS: dict[str, type[Scheduler]] = {
 
 _RFLOW_REASON = (
     "sampler 'rflow' is not offered: MONAI's RFlowScheduler integrates a velocity field of a model trained with "
-    "rectified-flow targets on its own time axis, whereas medicraft_monai's diffusion bundles train noise "
-    "(epsilon) predictors with a DDPMScheduler; their probability-flow ODE is what 'ddim' (first order) and "
-    "'dpmpp_2m' (second order) solve. See docs/samplers.md"
+    "rectified-flow targets on its own time axis, whereas medicraft_monai's diffusion bundles train "
+    "v-prediction (or epsilon) models on a DDPMScheduler's noise schedule; their probability-flow ODE is what "
+    "'ddim' (first order) and 'dpmpp_2m' (second order) solve. See docs/samplers.md"
 )
 
 
@@ -53,7 +53,8 @@ def make_scheduler(
             second order, one UNet pass per step; see docs/samplers.md).
         num_train_timesteps: the number of diffusion steps the model was trained with.
         schedule: MONAI noise schedule ("linear_beta", "scaled_linear_beta", "sigmoid_beta", "cosine").
-        kwargs: passed to the scheduler (for example ``clip_sample``, ``beta_start``, ``beta_end``; for "dpmpp_2m"
+        kwargs: passed to the scheduler (for example ``prediction_type``, which must be the one the model was
+            trained with, ``clip_sample``, ``beta_start``, ``beta_end``; for "dpmpp_2m"
             also ``timestep_spacing`` and ``use_karras_sigmas``).
 
     Raises:

@@ -15,6 +15,9 @@ The contract of ``configs/inference.json`` (keys a generator bundle defines):
 - ``class_names``: the real classes in label order; ``image_size``: [H, W]; ``in_channels``.
 - ``ckpt_path``: the weights (a state dict, the EMA weights for diffusion bundles).
 - ``sampler``, ``num_inference_steps``, ``guidance_scale``: sampling defaults.
+- ``diffusion_settings`` (optional): the settings the weights must have been trained with (``prediction_type``,
+  ``noise_schedule``, ``num_train_timesteps``, ``class_names``, ``image_size``...); they are checked against the
+  ``diffusion.json`` that training writes next to the weights (:func:`check_diffusion_settings`).
 
 An inferer that holds further weights (the autoencoder of a latent generator) may expose ``checksums``, a mapping
 ``{name: sha256}``; they go into the provenance as ``<name>_sha256`` next to ``model_sha256``.
@@ -23,6 +26,9 @@ An inferer that holds further weights (the autoencoder of a latent generator) ma
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
@@ -35,7 +41,12 @@ from monai.bundle import ConfigParser
 
 from medicraft_monai.inferers.conditional import seeded_noise
 
-__all__ = ["DiffusionGenerator", "GeneratorError", "file_sha256"]
+__all__ = ["DIFFUSION_SETTINGS_FILE", "DiffusionGenerator", "GeneratorError", "check_diffusion_settings", "file_sha256"]
+
+logger = logging.getLogger(__name__)
+
+#: the file diffusion training writes next to its weights (``medicraft_monai.engines.DiffusionSettingsWriter``)
+DIFFUSION_SETTINGS_FILE = "diffusion.json"
 
 
 class GeneratorError(ValueError):
@@ -49,6 +60,123 @@ def file_sha256(path: str | PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+_warned_unchecked: set[str] = set()
+
+
+def _comparable(key: str, value: Any) -> Any:
+    """A setting in the form it is compared in: class names as str, the image size as int, numbers as float."""
+    if key == "class_names":
+        return [str(c) for c in value]
+    if key == "image_size":
+        return [int(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float, np.number)):
+        return float(value)
+    if isinstance(value, Mapping):
+        return {str(k): _comparable("", v) for k, v in value.items()}
+    if isinstance(value, (Sequence, np.ndarray, torch.Tensor)):
+        return [_comparable("", v) for v in value]
+    return value
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=0.0)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return type(a) is type(b) and a == b
+
+
+def _cli_value(value: Any) -> str:
+    """How a value is given on the ``monai.bundle run`` command line."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple, dict)):
+        return f'"{value!r}"'
+    return repr(value)
+
+
+def check_diffusion_settings(ckpt_path: str | PathLike, expected: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Check that weights were trained with the settings a config samples with.
+
+    Reads ``diffusion.json`` in the checkpoint's folder (written by
+    :class:`~medicraft_monai.engines.DiffusionSettingsWriter` when training starts) and compares every key present
+    both there and in ``expected``: ``class_names`` as lists of str, ``image_size`` as lists of int, numbers as
+    float. Weights sampled with another prediction type, noise schedule, number of training timesteps or class list
+    give pure noise without any other error, hence the check.
+
+    Args:
+        ckpt_path: the weights (``models/model.pt``).
+        expected: the config's settings (its ``diffusion_settings``).
+
+    Returns:
+        the recorded settings, or ``None`` when there is no ``diffusion.json`` (weights trained before it existed:
+        a warning, once per folder, says they cannot be checked).
+
+    Raises:
+        GeneratorError: a malformed ``diffusion.json``, or a setting that differs (the message names every differing
+            key with both values and the override that fixes it).
+    """
+    ckpt = Path(ckpt_path)
+    path = ckpt.parent / DIFFUSION_SETTINGS_FILE
+    if not path.is_file():
+        if str(path.parent) not in _warned_unchecked:
+            _warned_unchecked.add(str(path.parent))
+            logger.warning(
+                "%s: no %s next to the weights (trained before it existed?): the prediction type, noise schedule, "
+                "timesteps and classes they were trained with cannot be checked",
+                ckpt,
+                DIFFUSION_SETTINGS_FILE,
+            )
+        return None
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise GeneratorError(f"{path}: malformed {DIFFUSION_SETTINGS_FILE} ({err})") from None
+    if not isinstance(recorded, dict):
+        raise GeneratorError(
+            f"{path}: malformed {DIFFUSION_SETTINGS_FILE} (expected a JSON object, got {type(recorded).__name__})"
+        )
+    differing = []
+    for key, want in expected.items():
+        if key not in recorded:
+            continue
+        try:
+            trained, sampled = _comparable(key, recorded[key]), _comparable(key, want)
+        except (TypeError, ValueError) as err:
+            raise GeneratorError(
+                f"{path}: malformed {DIFFUSION_SETTINGS_FILE}: {key!r} is {recorded[key]!r} ({err})"
+            ) from None
+        if not _same(trained, sampled):
+            differing.append(key)
+    if differing:
+        if len(differing) == 1:
+            key = differing[0]
+            trained_txt = f"{key}={recorded[key]!r}"
+            sampled_txt = repr(_jsonable_view(expected[key]))
+        else:
+            trained_txt = ", ".join(f"{k}={recorded[k]!r}" for k in differing)
+            sampled_txt = ", ".join(f"{k}={_jsonable_view(expected[k])!r}" for k in differing)
+        fix = " ".join(f"--{k} {_cli_value(recorded[k])}" for k in differing)
+        raise GeneratorError(
+            f"{ckpt}: these weights were trained with {trained_txt} (see {path}) but the config samples with "
+            f"{sampled_txt}; override {fix}"
+        )
+    return recorded
+
+
+def _jsonable_view(value: Any) -> Any:
+    """A config value shown like the recorded one (tuples and arrays as lists, numpy scalars as numbers)."""
+    if isinstance(value, (np.generic, torch.Tensor)) and np.ndim(value) == 0:
+        return value.item()
+    if isinstance(value, (tuple, list, np.ndarray, torch.Tensor)):
+        return [_jsonable_view(v) for v in value]
+    return value
 
 
 def _parsed_or_generator_error(parser: ConfigParser, key: str) -> Any:
@@ -162,6 +290,7 @@ class DiffusionGenerator:
             channels_last=bool(setting("channels_last", False)),
             device=dev,
             bundle_root=root,
+            diffusion_settings=setting("diffusion_settings", None),
         )
 
     @classmethod
@@ -180,18 +309,24 @@ class DiffusionGenerator:
         channels_last: bool = False,
         device: str | torch.device | None = None,
         bundle_root: str | PathLike = ".",
+        diffusion_settings: Mapping[str, Any] | None = None,
     ) -> DiffusionGenerator:
         """A generator from already built components (what a bundle config holds), with the weights loaded.
 
         ``channels_last`` stores the weights channels-last (pair it with the inferer's ``channels_last``).
+        ``diffusion_settings`` (the config's prediction type, noise schedule, timesteps, classes, image size...)
+        are checked against the ``diffusion.json`` next to the weights before they are loaded
+        (:func:`check_diffusion_settings`).
 
         Raises:
-            GeneratorError: missing checkpoint, a checkpoint that does not fit the network, or a class count that
-                does not match the network's class embeddings.
+            GeneratorError: missing checkpoint, weights trained with other ``diffusion_settings``, a checkpoint that
+                does not fit the network, or a class count that does not match the network's class embeddings.
         """
         ckpt = Path(ckpt_path)
         if not ckpt.is_file():
             raise GeneratorError(f"{ckpt}: checkpoint not found; train the bundle first or give ckpt_path")
+        if diffusion_settings is not None:
+            check_diffusion_settings(ckpt, diffusion_settings)
         names = [str(c) for c in class_names]
         n_embed = getattr(network, "num_class_embeds", None)
         if n_embed is not None and n_embed != len(names) + 1:
