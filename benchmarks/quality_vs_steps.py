@@ -225,6 +225,7 @@ def plot(path: Path, rows, ref, chosen, title: str) -> None:
         ax.set_xlabel("sampling steps (UNet passes)")
         ax.set_title(label, fontsize=10)
         ax.grid(alpha=0.3)
+    axes[0].set_yscale("log")  # a poor few-step setting can be 100x worse than the rest
     axes[0].legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()

@@ -353,7 +353,7 @@ class MedicraftCLI:
             exams: phantom exams to generate when no data is given.
             seed: random seed for the phantom, the split, training and sampling.
             epochs: training epochs (default 50).
-            steps: DDIM sampling steps when multiplying (default 25).
+            steps: sampling steps when multiplying (default: the diffusion bundle's, DPM-Solver++ with 10 steps).
             train: train and multiply (--notrain: the data stage and the report only).
             quick: tiny settings that finish in well under a minute (a smoke test: the pictures are noise).
         """

@@ -133,7 +133,7 @@ class DemoSettings:
         learning_rate: Adam learning rate.
         num_train_timesteps: diffusion steps.
         prediction_type: what the UNet predicts ("v_prediction", "epsilon" or "sample"); see docs/samplers.md.
-        sampling_steps: DDIM steps when multiplying.
+        sampling_steps: sampling steps when multiplying (``None``: the bundle's sampler and step count).
         guidance_scale: classifier-free guidance weight when multiplying.
         grid_per_class: real and synthetic images per class in the report's grid.
         ema_momentum: weight of the newest weights in the EMA (1/momentum iterations are averaged).
@@ -153,7 +153,7 @@ class DemoSettings:
     learning_rate: float = 5e-4
     num_train_timesteps: int = 1000
     prediction_type: str = "v_prediction"
-    sampling_steps: int = 25
+    sampling_steps: int | None = None
     guidance_scale: float = 1.0
     grid_per_class: int = 4
     ema_momentum: float = 0.01

@@ -305,7 +305,7 @@ def test_inference_writes_marked_images_per_class_and_the_same_seed_gives_the_sa
             image, meta = read_bscan(a)
             assert image.shape == tuple(TINY_NET["image_size"]) and meta["synthetic"] is True
             prov = meta["provenance"]
-            assert (prov["class_name"], prov["seed"], prov["steps"], prov["sampler"]) == (cls, seed, 5, "ddim")
+            assert (prov["class_name"], prov["seed"], prov["steps"], prov["sampler"]) == (cls, seed, 5, "dpmpp_2m")
             assert prov["model_sha256"] == sha and prov["guidance_scale"] == 1.0
     # different seeds give different images
     assert not np.array_equal(
@@ -327,7 +327,7 @@ def test_generator_from_bundle_draws_the_same_images_as_the_bundle(
     gen = DiffusionGenerator.from_bundle(
         BUNDLE, ckpt_path=trained["model"], device="cpu", overrides={**TINY_NET, "num_inference_steps": 5}
     )
-    assert gen.class_names == CLASSES and gen.image_shape == (1, 32, 64) and gen.sampler == "ddim"
+    assert gen.class_names == CLASSES and gen.image_shape == (1, 32, 64) and gen.sampler == "dpmpp_2m"
     images = gen.generate(CLASSES, [7] * len(CLASSES))
     for cls, image in zip(CLASSES, images):
         expected = png_pixels(synthetic_png_path(sampled["a"], cls, 7)).astype(int)
