@@ -69,6 +69,24 @@ def test_the_writer_writes_exactly_the_settings_when_the_engine_starts(tmp_path:
     assert sorted(p.name for p in path.parent.iterdir()) == ["diffusion.json"], "no temporary file left behind"
 
 
+def test_a_resumed_run_refuses_settings_other_than_those_of_its_weights(tmp_path: Path) -> None:
+    path = tmp_path / "models" / "diffusion.json"
+    write_settings(path.parent, SETTINGS)
+    iterations: list[int] = []
+    engine = Engine(lambda e, batch: iterations.append(e.state.iteration))
+    DiffusionSettingsWriter(path, {**SETTINGS, "prediction_type": "epsilon"}, resume=True).attach(engine)
+    with pytest.raises(GeneratorError, match="trained with prediction_type='v_prediction'.*resumes training with") as e:
+        engine.run([0, 1], max_epochs=1)
+    assert "--prediction_type v_prediction" in str(e.value) and str(path) in str(e.value)
+    assert iterations == [], "no training step with mixed settings"
+    assert json.loads(path.read_text()) == SETTINGS, "the record of the trained weights is kept"
+    # the same settings resume; a fresh (not resumed) run may change them and rewrites the record
+    DiffusionSettingsWriter(path, SETTINGS, resume=True)(None)
+    assert json.loads(path.read_text()) == SETTINGS
+    DiffusionSettingsWriter(path, {**SETTINGS, "prediction_type": "epsilon"}, resume=False)(None)
+    assert json.loads(path.read_text())["prediction_type"] == "epsilon"
+
+
 def test_the_writer_refuses_settings_that_are_not_json(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="settings.scheduler"):
         DiffusionSettingsWriter(tmp_path / "diffusion.json", {"scheduler": object()})
@@ -203,6 +221,9 @@ def test_training_writes_the_settings_inference_checks_and_only_on_the_main_proc
     keys |= {"beta_start", "beta_end"} if bundle == "oct_ldm" else set()
     assert set(writer.settings) == keys
     assert writer.settings["prediction_type"] == parser["prediction_type"] == "v_prediction"
+    assert writer.resume is False
+    parser["resume"] = True
+    assert _writer_in(parser).resume is True
     # inference.json holds the same settings (with its own defaults, which must agree with training's)
     inference = ConfigParser()
     inference.read_config(str(configs / "inference.json"))

@@ -156,13 +156,19 @@ class DiffusionSettingsWriter:
         settings: JSON-able values (tuples are written as lists), e.g. ``{"prediction_type": "v_prediction",
             "noise_schedule": "linear_beta", "num_train_timesteps": 1000, "class_names": [...], "image_size":
             [128, 256]}``.
+        resume: the run resumes from a checkpoint (the bundles' ``resume`` key). Then a ``diffusion.json``
+            already there must hold the same settings: resuming weights trained with another prediction type,
+            schedule or class list would mix two trainings and overwrite the record of the first, so training
+            stops before the first iteration with an error that names the differing keys.
 
     Raises:
         TypeError: a setting that cannot be written as JSON.
+        GeneratorError: (when training starts) resuming with settings other than the recorded ones.
     """
 
-    def __init__(self, path: str | PathLike, settings: Mapping[str, Any]) -> None:
+    def __init__(self, path: str | PathLike, settings: Mapping[str, Any], resume: bool = False) -> None:
         self.path = Path(path)
+        self.resume = bool(resume)
         self.settings = _jsonable(dict(settings), "settings")
         json.dumps(self.settings)  # fail when the config is parsed, not when training starts
 
@@ -170,6 +176,12 @@ class DiffusionSettingsWriter:
         engine.add_event_handler(Events.STARTED, self)
 
     def __call__(self, engine: Engine | None = None) -> None:
+        if self.resume and self.path.is_file():
+            from medicraft_monai.synthesis.generator import check_diffusion_settings
+
+            check_diffusion_settings(
+                self.path.parent, self.settings, use="resumes training with", settings_file=self.path
+            )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         tmp.write_text(json.dumps(self.settings, indent=2) + "\n")

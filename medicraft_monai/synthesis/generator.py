@@ -101,7 +101,12 @@ def _cli_value(value: Any) -> str:
     return repr(value)
 
 
-def check_diffusion_settings(ckpt_path: str | PathLike, expected: Mapping[str, Any]) -> dict[str, Any] | None:
+def check_diffusion_settings(
+    ckpt_path: str | PathLike,
+    expected: Mapping[str, Any],
+    use: str = "samples with",
+    settings_file: str | PathLike | None = None,
+) -> dict[str, Any] | None:
     """Check that weights were trained with the settings a config samples with.
 
     Reads ``diffusion.json`` in the checkpoint's folder (written by
@@ -113,6 +118,8 @@ def check_diffusion_settings(ckpt_path: str | PathLike, expected: Mapping[str, A
     Args:
         ckpt_path: the weights (``models/model.pt``).
         expected: the config's settings (its ``diffusion_settings``).
+        use: what the config does with the weights, for the message ("samples with", "resumes training with").
+        settings_file: the settings file (default: ``diffusion.json`` in the checkpoint's folder).
 
     Returns:
         the recorded settings, or ``None`` when there is no ``diffusion.json`` (weights trained before it existed:
@@ -123,7 +130,7 @@ def check_diffusion_settings(ckpt_path: str | PathLike, expected: Mapping[str, A
             key with both values and the override that fixes it).
     """
     ckpt = Path(ckpt_path)
-    path = ckpt.parent / DIFFUSION_SETTINGS_FILE
+    path = Path(settings_file) if settings_file is not None else ckpt.parent / DIFFUSION_SETTINGS_FILE
     if not path.is_file():
         if str(path.parent) not in _warned_unchecked:
             _warned_unchecked.add(str(path.parent))
@@ -164,7 +171,7 @@ def check_diffusion_settings(ckpt_path: str | PathLike, expected: Mapping[str, A
             sampled_txt = ", ".join(f"{k}={_jsonable_view(expected[k])!r}" for k in differing)
         fix = " ".join(f"--{k} {_cli_value(recorded[k])}" for k in differing)
         raise GeneratorError(
-            f"{ckpt}: these weights were trained with {trained_txt} (see {path}) but the config samples with "
+            f"{ckpt}: these weights were trained with {trained_txt} (see {path}) but the config {use} "
             f"{sampled_txt}; override {fix}"
         )
     return recorded
