@@ -1,12 +1,18 @@
-"""Run a command in its own process group, so a timeout kills it and every process it started (torchrun workers)."""
+"""Run a command in its own process group, so a timeout kills it and every process it started (torchrun workers);
+and build ``python -m monai.bundle run`` command lines the way a user types them."""
 
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_group(cmd: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess:
@@ -22,3 +28,39 @@ def run_group(cmd: list[str], timeout: float, **kwargs) -> subprocess.CompletedP
         out, err = proc.communicate()
         pytest.fail(f"{' '.join(map(str, cmd[:6]))} ... timed out after {timeout} s\n{out[-2000:]}\n{err[-3000:]}")
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def cli_overrides(overrides: Mapping[str, object]) -> list[str]:
+    """``--key value`` pairs for ``monai.bundle run``: strings as they are, anything else as its Python literal."""
+    args: list[str] = []
+    for key, value in overrides.items():
+        args += [f"--{key}", value if isinstance(value, str) else repr(value)]
+    return args
+
+
+def monai_bundle_cmd(
+    config_files: Sequence[str | os.PathLike], bundle_root: str | os.PathLike, **overrides
+) -> list[str]:
+    """The ``python -m monai.bundle run`` command for one config file or several (merged in order)."""
+    files = [str(f) for f in config_files]
+    config = files[0] if len(files) == 1 else repr(files)
+    return [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        config,
+        "--bundle_root",
+        str(bundle_root),
+        *cli_overrides(overrides),
+    ]
+
+
+def run_checked(cmd: list[str], expect_ok: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
+    """:func:`run_group` from the repository root; with ``expect_ok`` a non-zero exit fails the test with the
+    command's output."""
+    proc = run_group(cmd, timeout, cwd=REPO_ROOT)
+    if expect_ok and proc.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)}\nfailed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-5000:]}", False)
+    return proc

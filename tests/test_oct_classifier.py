@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _subprocess import run_group
+from _subprocess import cli_overrides, monai_bundle_cmd, run_checked
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from medicraft_monai.data import build_datalist, write_datalist
@@ -31,26 +31,12 @@ PER_CLASS = {"training": 3, "validation": 1, "test": 2}
 EPOCH_LENGTH = PER_CLASS["training"] * len(CLASSES) // TRAIN["batch_size"]
 
 
-def _cli(overrides: dict) -> list[str]:
-    args = []
-    for key, value in overrides.items():
-        args += [f"--{key}", value if isinstance(value, str) else repr(value)]
-    return args
-
-
 def bundle_cmd(configs: list[str], bundle_root: Path, **overrides) -> list[str]:
-    files = [str(CONFIGS / c) for c in configs]
-    config = files[0] if len(files) == 1 else repr(files)
-    return [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, "--bundle_root", str(bundle_root)] + (
-        _cli(overrides)
-    )
+    return monai_bundle_cmd([CONFIGS / c for c in configs], bundle_root, **overrides)
 
 
 def run(cmd: list[str], expect_ok: bool = True, timeout: int = 240) -> subprocess.CompletedProcess:
-    proc = run_group(cmd, timeout, cwd=REPO_ROOT)
-    if expect_ok and proc.returncode != 0:
-        pytest.fail(f"{' '.join(cmd)}\nfailed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-5000:]}", False)
-    return proc
+    return run_checked(cmd, expect_ok, timeout)
 
 
 def scalars(log_dir: Path) -> list[dict[str, list[tuple[int, float]]]]:
@@ -162,7 +148,7 @@ def test_torchscript_export_matches_the_eager_network(trained: Path) -> None:
     cmd = [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(ts)]
     cmd += ["--ckpt_file", str(trained / "models" / "model.pt"), "--meta_file", str(CONFIGS / "metadata.json")]
     cmd += ["--config_file", str(CONFIGS / "inference.json"), "--bundle_root", str(trained)]
-    cmd += _cli({**TINY, "class_names": CLASSES})
+    cmd += cli_overrides({**TINY, "class_names": CLASSES})
     run(cmd)
     from monai.bundle import ConfigParser
     from monai.data import load_net_with_metadata

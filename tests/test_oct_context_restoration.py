@@ -11,13 +11,12 @@ from __future__ import annotations
 import csv
 import json
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from _subprocess import run_group
+from _subprocess import monai_bundle_cmd, run_group
 from monai.bundle import ConfigParser
 from monai.bundle import run as bundle_run
 from PIL import Image
@@ -36,17 +35,8 @@ CORRUPTION = {"patch_size": [4, 4], "num_swaps": 6}
 EPOCH_LENGTH = 3  # 12 training images, batch 4
 
 
-def _cli(overrides: dict) -> list[str]:
-    args = []
-    for key, value in overrides.items():
-        args += [f"--{key}", value if isinstance(value, str) else repr(value)]
-    return args
-
-
 def bundle(configs: list[str], root: Path, timeout: int = 180, **overrides) -> str:
-    files = [str(CONFIGS / c) for c in configs]
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files[0] if len(files) == 1 else repr(files)]
-    cmd += ["--bundle_root", str(root), *_cli(overrides)]
+    cmd = monai_bundle_cmd([CONFIGS / c for c in configs], root, **overrides)
     proc = run_group(cmd, timeout, cwd=REPO_ROOT)
     out = proc.stdout + proc.stderr
     if proc.returncode != 0:

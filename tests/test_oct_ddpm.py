@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _subprocess import run_group
+from _subprocess import monai_bundle_cmd, run_checked
 from ignite.engine import Engine, Events
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -70,33 +70,12 @@ EPOCH_LENGTH = TRAIN_PER_CLASS * len(CLASSES) // TINY_TRAIN["batch_size"]
 SAMPLING = {**TINY_NET, "num_inference_steps": 5, "num_images_per_class": 2, "seed": 7}
 
 
-def _cli(overrides: dict) -> list[str]:
-    args = []
-    for key, value in overrides.items():
-        args += [f"--{key}", value if isinstance(value, str) else repr(value)]
-    return args
-
-
 def bundle_cmd(configs: list[str], bundle_root: Path, **overrides) -> list[str]:
-    files = [str(CONFIGS / c) for c in configs]
-    return [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        files[0] if len(files) == 1 else repr(files),
-        "--bundle_root",
-        str(bundle_root),
-        *_cli(overrides),
-    ]
+    return monai_bundle_cmd([CONFIGS / c for c in configs], bundle_root, **overrides)
 
 
 def run(cmd: list[str], expect_ok: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
-    proc = run_group(cmd, timeout, cwd=REPO_ROOT)
-    if expect_ok and proc.returncode != 0:
-        pytest.fail(f"{' '.join(cmd)}\nfailed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-5000:]}", False)
-    return proc
+    return run_checked(cmd, expect_ok, timeout)
 
 
 def event_files(log_dir: Path) -> list[Path]:
