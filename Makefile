@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 
 .PHONY: setup label-setup deploy-setup demo test lint format benchmark clean
 
-$(VENV)/.installed: pyproject.toml scripts/setup_env.sh
+$(VENV)/.installed: pyproject.toml scripts/setup_env.sh scripts/venv_torch.sh
 	bash scripts/setup_env.sh $(VENV)
 	touch $@
 

@@ -17,7 +17,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${1:-${MEDICRAFT_DEPLOY_VENV:-$root/.venv-deploy}}"
 python="${PYTHON:-python3}"
 stamp="$venv/.installed"
-want="$(cat "${BASH_SOURCE[0]}" "$root/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+want="$(cat "${BASH_SOURCE[0]}" "$root/scripts/venv_torch.sh" "$root/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 check='import holoscan, monai, monai.deploy.core, pydicom, highdicom, torch, medicraft_monai.deploy'
 # the fast path finds the packages without importing them (importing holoscan and torch takes seconds)
 present='import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ("holoscan", "monai", "pydicom", "highdicom", "torch", "medicraft_monai")))'
@@ -27,23 +27,8 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$venv/bin/python" -c "
     exit 0
 fi
 
-if [ ! -x "$venv/bin/python" ]; then
-    echo "[setup-deploy] creating virtual environment $venv"
-    "$python" -m venv "$venv"
-fi
-pip=("$venv/bin/python" -m pip --disable-pip-version-check)
-
-if ! "$venv/bin/python" -c "import torch" >/dev/null 2>&1; then
-    if [ -n "${MEDICRAFT_TORCH:-}" ]; then
-        spec="$MEDICRAFT_TORCH"
-    elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-        spec="torch"
-    else
-        spec="${MEDICRAFT_TORCH_CPU:-torch==2.13.0}"
-    fi
-    echo "[setup-deploy] installing PyTorch ($spec)"
-    "${pip[@]}" install -q "$spec"
-fi
+source "$root/scripts/venv_torch.sh"
+venv_with_torch "$venv" setup-deploy
 
 echo "[setup-deploy] installing holoscan-cu13, monai-deploy-app-sdk 4.0.0, pydicom>=3, highdicom, medicraft_monai[deploy]"
 "${pip[@]}" install -q holoscan-cu13 "holoscan-cli==4.1.0" "monai-deploy-app-sdk==4.0.0" "pydicom>=3" "highdicom>=0.22" -e "$root[deploy]"

@@ -14,23 +14,8 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${1:-${MEDICRAFT_VENV:-$root/.venv}}"
 python="${PYTHON:-python3}"
 
-if [ ! -x "$venv/bin/python" ]; then
-    echo "[setup] creating virtual environment $venv"
-    "$python" -m venv "$venv"
-fi
-pip=("$venv/bin/python" -m pip --disable-pip-version-check)
-
-if ! "$venv/bin/python" -c "import torch" >/dev/null 2>&1; then
-    if [ -n "${MEDICRAFT_TORCH:-}" ]; then
-        spec="$MEDICRAFT_TORCH"
-    elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-        spec="torch"
-    else
-        spec="${MEDICRAFT_TORCH_CPU:-torch==2.13.0}"
-    fi
-    echo "[setup] installing PyTorch ($spec)"
-    "${pip[@]}" install -q "$spec"
-fi
+source "$root/scripts/venv_torch.sh"
+venv_with_torch "$venv" setup
 
 echo "[setup] installing medicraft_monai[dev] (editable)"
 "${pip[@]}" install -q -e "$root[dev]"

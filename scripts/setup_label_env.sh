@@ -18,24 +18,15 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${1:-${MEDICRAFT_LABEL_VENV:-$root/.venv-label}}"
 python="${PYTHON:-python3}"
 marker="$venv/.medicraft-label-installed"
-stamp="$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-16)"
+stamp="$(cat "${BASH_SOURCE[0]}" "$root/scripts/venv_torch.sh" | sha256sum | cut -c1-16)"
 
 if [ -f "$marker" ] && [ "$(cat "$marker")" = "$stamp" ] && [ -x "$venv/bin/monailabel" ]; then
     echo "[setup-label] $venv is ready"
     exit 0
 fi
 
-if [ ! -x "$venv/bin/python" ]; then
-    echo "[setup-label] creating virtual environment $venv"
-    "$python" -m venv "$venv"
-fi
-pip=("$venv/bin/python" -m pip --disable-pip-version-check)
-
-if ! "$venv/bin/python" -c "import torch" >/dev/null 2>&1; then
-    spec="${MEDICRAFT_TORCH:-${MEDICRAFT_TORCH_CPU:-torch==2.13.0}}"
-    echo "[setup-label] installing PyTorch ($spec)"
-    "${pip[@]}" install -q "$spec"
-fi
+source "$root/scripts/venv_torch.sh"
+venv_with_torch "$venv" setup-label cpu
 
 echo "[setup-label] installing MONAI Label's runtime dependencies"
 "${pip[@]}" install -q \
