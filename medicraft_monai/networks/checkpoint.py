@@ -1,0 +1,111 @@
+"""The one checkpoint loader: every ``model.pt`` that medicraft_monai reads goes through here.
+
+Files are read with ``torch.load(..., weights_only=True)``, so a checkpoint can never run code, and every problem (a
+missing file, a folder, a truncated or foreign file, a file holding no state dict, a state dict that does not fit
+the network) is one :class:`CheckpointError` that names the file and says what is wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medicraft_monai.data.errors import OCTDataError
+
+__all__ = ["STATE_DICT_KEYS", "CheckpointError", "load_state_dict", "load_weights", "read_checkpoint"]
+
+STATE_DICT_KEYS: tuple[str, ...] = ("network", "model", "state_dict", "net")
+"""Keys under which a training checkpoint may hold the network's state dict (MONAI's ``CheckpointSaver`` writes a
+plain state dict for one object and a dict of them for several)."""
+
+
+class CheckpointError(OCTDataError):
+    """A checkpoint file that cannot be used: missing, a folder, unreadable, not a state dict, or not fitting."""
+
+
+def read_checkpoint(path: str | PathLike, what: str = "checkpoint", hint: str = "") -> Any:
+    """The object stored in a checkpoint file, read safely (``weights_only=True``, on the CPU).
+
+    Args:
+        path: the file.
+        what: what the file is, for the message (for example ``"autoencoder checkpoint"``).
+        hint: how to get a usable file, appended to the "not found" message.
+
+    Raises:
+        CheckpointError: a missing path, a folder, or a file torch cannot read (truncated, random bytes, a pickle
+            holding code or objects other than tensors and plain containers).
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise CheckpointError(p, f"is a folder, not a {what} file (give the model.pt inside it)")
+    if not p.is_file():
+        raise CheckpointError(p, f"{what} not found" + (f"; {hint}" if hint else ""))
+    if p.stat().st_size == 0:
+        raise CheckpointError(p, f"{what} is empty (0 bytes): an interrupted copy or download?")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - every reading problem is reported with the file name
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "weights_only" in str(err) or "Unsupported global" in str(err):
+            reason = "it holds objects other than tensors and plain containers, which are not loaded for safety"
+        raise CheckpointError(
+            p, f"cannot read the {what} ({type(err).__name__}: {reason}); the file is truncated, corrupt or not a "
+            "PyTorch checkpoint"
+        ) from None
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def load_state_dict(
+    path: str | PathLike, what: str = "checkpoint", hint: str = "", keys: Sequence[str] = STATE_DICT_KEYS
+) -> dict[str, torch.Tensor]:
+    """The network state dict in a checkpoint file.
+
+    Accepts a plain state dict, or a training checkpoint holding it under one of ``keys``. ``module.`` prefixes
+    (DistributedDataParallel) are removed.
+
+    Raises:
+        CheckpointError: see :func:`read_checkpoint`, or a file holding no state dict.
+    """
+    state = read_checkpoint(path, what, hint)
+    if isinstance(state, Mapping) and not _is_state_dict(state):
+        for key in keys:
+            if _is_state_dict(state.get(key)):
+                state = state[key]
+                break
+    if not _is_state_dict(state):
+        raise CheckpointError(
+            path, f"holds no network state dict (looked at the top level and under {list(keys)}): not a {what}?"
+        )
+    return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in state.items()}
+
+
+def load_weights(
+    network: torch.nn.Module,
+    path: str | PathLike,
+    what: str = "checkpoint",
+    hint: str = "",
+    mismatch_hint: str = "the bundle's network_def",
+    strict: bool = True,
+) -> torch.nn.Module:
+    """Load the state dict in ``path`` into ``network`` and return the network.
+
+    Raises:
+        CheckpointError: see :func:`load_state_dict`, or a state dict that does not fit the network (the message
+            says which settings to check, ``mismatch_hint``).
+    """
+    state = load_state_dict(path, what, hint)
+    try:
+        network.load_state_dict(state, strict=strict)
+    except (RuntimeError, KeyError, TypeError, ValueError) as err:
+        detail = str(err).strip().splitlines()
+        raise CheckpointError(
+            path, f"{what} does not fit {mismatch_hint}: {' '.join(d.strip() for d in detail[:3])}"
+        ) from None
+    return network
