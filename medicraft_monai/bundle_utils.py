@@ -31,7 +31,8 @@ import torch
 from ignite.engine import Engine, Events
 from monai.inferers import Inferer
 
-from medicraft_monai.data.errors import EmptyDatasetError, OCTDataError, UnknownLabelError
+from medicraft_monai.data.datalist import read_datalist_json
+from medicraft_monai.data.errors import EmptyDatasetError, UnknownLabelError
 from medicraft_monai.data.keys import OCTKeys
 
 __all__ = [
@@ -83,24 +84,6 @@ def flag(value: Any) -> bool:
 # --------------------------------------------------------------------------------------------------------------------
 # data
 # --------------------------------------------------------------------------------------------------------------------
-def read_datalist_json(path: str | PathLike) -> dict[str, Any]:
-    """A datalist JSON file as read (relative paths untouched), with errors that name the file and the problem.
-
-    Raises:
-        OCTDataError: a missing or unreadable file, or JSON that is not an object.
-    """
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise OCTDataError(path, "datalist file not found (set --datalist to your datalist JSON)") from None
-    except (OSError, json.JSONDecodeError) as err:
-        raise OCTDataError(path, f"cannot read the datalist: {err}") from None
-    if not isinstance(data, dict):
-        raise OCTDataError(path, "a datalist must be a JSON object with 'labels' and split lists")
-    return data
-
-
 def check_datalist_classes(
     datalist: str | PathLike | Mapping[str, Any],
     class_names: Sequence[str],

@@ -7,7 +7,9 @@ from .datalist import (
     check_splits,
     class_weights,
     count_table,
+    datalist_class_names,
     load_datalist,
+    read_datalist_json,
     split_by_patient,
     write_datalist,
 )
@@ -50,6 +52,8 @@ from .vendor import convert_vendor_to_dicom, read_vendor_volume
 __all__ = [
     "OPT_SOP_CLASS_UID",
     "SUPPORTED_SUFFIXES",
+    "datalist_class_names",
+    "read_datalist_json",
     "CorruptImageError",
     "DataProblems",
     "DimensionalityError",

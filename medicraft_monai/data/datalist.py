@@ -59,8 +59,10 @@ __all__ = [
     "check_splits",
     "class_weights",
     "count_table",
+    "datalist_class_names",
     "detect_source_kind",
     "load_datalist",
+    "read_datalist_json",
     "split_by_patient",
     "write_datalist",
 ]
@@ -838,21 +840,14 @@ def check_splits(datalist: Mapping[str, Any], *, hash_files: bool = True) -> Non
 # --------------------------------------------------------------------------------------------------------------------
 # reporting
 # --------------------------------------------------------------------------------------------------------------------
-def _class_names(datalist: Mapping[str, Any]) -> list[str]:
-    labels = datalist.get("labels") or {}
-    if labels:
-        return [str(labels[k]) for k in sorted(labels, key=int)]
-    found = {int(it[OCTKeys.LABEL]) for items in _split_items(datalist).values() for it in items}
-    return [str(i) for i in range(max(found) + 1)] if found else []
-
-
 def count_table(datalist: Mapping[str, Any]) -> str:
     """A plain-text table of image and patient counts per class (rows) and split (columns), with totals.
 
     A patient with images of two classes counts once in each class row; the ``total`` row counts each patient
     once per split, and the ``total`` column counts each patient once per class.
     """
-    names = _class_names(datalist)
+    found = sorted({int(it[OCTKeys.LABEL]) for items in _split_items(datalist).values() for it in items})
+    names = datalist_class_names(datalist, default=[str(i) for i in range(found[-1] + 1)] if found else [])
     splits = _split_items(datalist)
     columns = [*SPLITS, "total"]
     images: dict[tuple[str, str], int] = Counter()
@@ -997,6 +992,67 @@ def write_datalist(path: str | os.PathLike, datalist: Mapping[str, Any]) -> Path
     return path
 
 
+def read_datalist_json(path: str | os.PathLike) -> dict[str, Any]:
+    """A datalist JSON file as read (relative paths untouched), with errors that name the file and the problem.
+
+    Raises:
+        OCTDataError: a missing, unreadable or non-JSON file, or JSON that is not an object.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OCTDataError(path, "is a folder, not a datalist JSON file (build one with `medicraft datalist`)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise OCTDataError(path, "datalist file not found (set --datalist to your datalist JSON)") from None
+    except json.JSONDecodeError as err:
+        raise OCTDataError(path, f"not valid JSON ({err})") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise OCTDataError(path, f"cannot read the datalist: {err}") from None
+    if not isinstance(data, dict):
+        raise OCTDataError(path, "a datalist must be a JSON object with 'labels' and training/validation/test lists")
+    return data
+
+
+def datalist_class_names(
+    datalist: str | os.PathLike | Mapping[str, Any] | None, default: Sequence[str] | None = None
+) -> list[str]:
+    """The class names of a datalist in label order, from its ``labels`` mapping (index -> class name).
+
+    Args:
+        datalist: a datalist, or the path of its JSON file.
+        default: the classes to use when there is no datalist file or it has no ``labels`` mapping (a bundle's
+            ``class_names`` key defaults to the datalist's classes this way); ``None``: that is an error.
+
+    Raises:
+        OCTDataError: no labels (and no ``default``), labels not numbered ``0..n-1``, or an unreadable file.
+    """
+    where: str | None = None
+    if datalist is None or (not isinstance(datalist, Mapping) and not Path(datalist).exists()):
+        if default is not None:
+            return [str(c) for c in default]
+        if datalist is None:
+            raise OCTDataError(None, "no datalist given to take the class names from")
+    if not isinstance(datalist, Mapping):
+        where = str(datalist)
+        datalist = read_datalist_json(datalist)
+    labels = datalist.get("labels")
+    if not isinstance(labels, Mapping) or not labels:
+        if default is not None:
+            return [str(c) for c in default]
+        raise OCTDataError(
+            where, "the datalist has no 'labels' mapping {index: class name}; rebuild it with `medicraft datalist`"
+        )
+    try:
+        keys = sorted(labels, key=int)
+    except (TypeError, ValueError):
+        raise OCTDataError(where, f"the datalist's 'labels' keys must be integers, got {sorted(labels)}") from None
+    if [int(k) for k in keys] != list(range(len(keys))):
+        raise OCTDataError(where, f"the datalist's 'labels' must be numbered 0..{len(keys) - 1}, got {keys}")
+    return [str(labels[k]) for k in keys]
+
+
 def load_datalist(
     path: str | os.PathLike, split: str | None = None, *, check: bool = True
 ) -> dict[str, Any] | list[dict[str, Any]]:
@@ -1008,15 +1064,7 @@ def load_datalist(
         check: run :func:`check_splits` (a leak raises :class:`SplitLeakError`).
     """
     path = Path(path)
-    if not path.is_file():
-        raise OCTDataError(path, "datalist file not found")
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise OCTDataError(path, f"not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise OCTDataError(path, "a datalist must be a JSON object with training/validation/test lists")
+    data = read_datalist_json(path)
     base = path.resolve().parent
 
     def absolute(p: Any) -> Any:

@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from medicraft_monai.data.datalist import load_datalist
-from medicraft_monai.data.errors import EmptyDatasetError, SplitLeakError
+from medicraft_monai.data.datalist import datalist_class_names, load_datalist
+from medicraft_monai.data.errors import EmptyDatasetError, OCTDataError, SplitLeakError
 from medicraft_monai.data.keys import OCTKeys
 from medicraft_monai.evaluation.settings import EvaluationSettings
 
@@ -57,10 +57,10 @@ def _sha256_file(path: Path) -> str:
 
 
 def _class_names(datalist: Mapping[str, Any], path: Path) -> list[str]:
-    labels = datalist.get("labels")
-    if not isinstance(labels, Mapping) or not labels:
-        raise EvaluationError(f"{path}: the datalist has no 'labels' table (index -> class name)")
-    return [str(labels[str(i)]) for i in range(len(labels))]
+    try:
+        return datalist_class_names(datalist)
+    except OCTDataError as err:
+        raise EvaluationError(f"{path}: {err.reason}") from None
 
 
 def _resolve_device(device: str) -> torch.device:

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from medicraft_monai.bundle_utils import read_datalist_json
+from medicraft_monai.data.datalist import datalist_class_names as _datalist_class_names
 from medicraft_monai.data.errors import EmptyDatasetError, OCTDataError, UnknownLabelError
 from medicraft_monai.data.keys import OCTKeys
 
@@ -223,21 +223,9 @@ def save_confusion_matrix(
 def datalist_class_names(
     datalist: str | PathLike | Mapping[str, Any] | None, default: Sequence[str] = DEFAULT_CLASS_NAMES
 ) -> list[str]:
-    """The classes a datalist's ``labels`` mapping names, in index order; ``default`` when there is no such file.
-
-    The bundle's ``class_names`` key defaults to this, so a model trained on a datalist gets its classes (and its
-    output size) without another setting. A datalist that exists but cannot be read is an error.
-    """
-    if datalist is None:
-        return [str(c) for c in default]
-    if not isinstance(datalist, Mapping):
-        if not Path(datalist).is_file():
-            return [str(c) for c in default]
-        datalist = read_datalist_json(datalist)
-    labels = datalist.get("labels")
-    if not isinstance(labels, Mapping) or not labels:
-        return [str(c) for c in default]
-    return [str(labels[k]) for k in sorted(labels, key=int)]
+    """A classifier bundle's ``class_names`` default: the datalist's classes, or ``default`` when there is no
+    datalist file or it names no classes (see :func:`medicraft_monai.data.datalist_class_names`)."""
+    return _datalist_class_names(datalist, default=default)
 
 
 def _item_class(item: Mapping[str, Any], labels: Mapping[str, Any], class_names: Sequence[str]) -> str:

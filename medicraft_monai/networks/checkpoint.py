@@ -53,8 +53,9 @@ def read_checkpoint(path: str | PathLike, what: str = "checkpoint", hint: str = 
         if "weights_only" in str(err) or "Unsupported global" in str(err):
             reason = "it holds objects other than tensors and plain containers, which are not loaded for safety"
         raise CheckpointError(
-            p, f"cannot read the {what} ({type(err).__name__}: {reason}); the file is truncated, corrupt or not a "
-            "PyTorch checkpoint"
+            p,
+            f"cannot read the {what} ({type(err).__name__}: {reason}); the file is truncated, corrupt or not a "
+            "PyTorch checkpoint",
         ) from None
 
 

@@ -41,12 +41,19 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from medicraft_monai.data.datalist import SHA256_KEY, check_splits, count_table, load_datalist, write_datalist
+from medicraft_monai.data.datalist import (
+    SHA256_KEY,
+    check_splits,
+    count_table,
+    datalist_class_names,
+    load_datalist,
+    write_datalist,
+)
 from medicraft_monai.data.errors import OCTDataError
 from medicraft_monai.data.keys import OCTKeys
 
 from .generator import DiffusionGenerator, file_sha256
-from .plan import datalist_class_names, parse_target, plan_counts, real_counts
+from .plan import parse_target, plan_counts, real_counts
 from .writers import (
     FORMATS,
     check_format,

@@ -21,11 +21,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from medicraft_monai.data.datalist import SPLITS
+from medicraft_monai.data.datalist import SPLITS, datalist_class_names
 from medicraft_monai.data.errors import EmptyDatasetError, OCTDataError, UnknownLabelError
 from medicraft_monai.data.keys import OCTKeys
 
-__all__ = ["Target", "datalist_class_names", "parse_target", "plan_counts", "real_counts"]
+__all__ = ["Target", "parse_target", "plan_counts", "real_counts"]
 
 _MULTIPLY = re.compile(r"^\s*(?:multiply\s*[:=]\s*|x\s*)?(?P<n>[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*$", re.I)
 
@@ -107,26 +107,6 @@ def parse_target(target: str | float | int | Mapping[str, Any] | Target) -> Targ
     if not math.isfinite(factor) or factor < 1.0:
         raise ValueError(f"multiplication factor must be a finite number >= 1, got {factor:g}")
     return Target("multiply", factor=factor)
-
-
-def datalist_class_names(datalist: Mapping[str, Any]) -> list[str]:
-    """The class names of a datalist in label order (from its ``labels`` mapping, index -> name).
-
-    Raises:
-        OCTDataError: the datalist has no usable ``labels`` mapping.
-    """
-    labels = datalist.get("labels")
-    if not isinstance(labels, Mapping) or not labels:
-        raise OCTDataError(
-            None, "the datalist has no 'labels' mapping {index: class name}; rebuild it with build_datalist"
-        )
-    try:
-        keys = sorted(labels, key=int)
-    except (TypeError, ValueError):
-        raise OCTDataError(None, f"the datalist's 'labels' keys must be integers, got {sorted(labels)}") from None
-    if [int(k) for k in keys] != list(range(len(keys))):
-        raise OCTDataError(None, f"the datalist's 'labels' must be numbered 0..{len(keys) - 1}, got {keys}")
-    return [str(labels[k]) for k in keys]
 
 
 def real_counts(datalist: Mapping[str, Any], split: str = "training") -> dict[str, int]:

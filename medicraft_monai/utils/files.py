@@ -38,9 +38,7 @@ def default_tmp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
 
 
-def atomic_write(
-    path: str | PathLike, write: Callable[[Path], Any], *, tmp_path: str | PathLike | None = None
-) -> Path:
+def atomic_write(path: str | PathLike, write: Callable[[Path], Any], *, tmp_path: str | PathLike | None = None) -> Path:
     """Call ``write(tmp)``, flush the temporary file to disk and rename it to ``path``.
 
     Args:
