@@ -20,7 +20,8 @@ Everything is measured in one run on one machine, so the ratios hold even on a s
    Columns: seconds per step and per image, images per second, the speed-up against the medicraft-style row and
    against the 4,260 s per image medicraft needed on these 2-core machines, the UNet GFLOP per image, the achieved
    GFLOP/s and that as a fraction of the matmul peak of the row's own precision (fp32 rows: the fp32 peak; bf16
-   rows: the bf16 peak) and of the bf16 peak (the machine's fastest matmul).
+   rows: the bf16 peak) and of the bf16 peak (the fastest matmul on CPUs with AMX or AVX512-BF16). Both peaks are
+   timed in the same run as the rows, so on a busy machine a fraction can exceed 1: read it beside a quiet rerun.
 4. **Batch size**: images per second of a bf16 + channels_last sampling step against the batch size.
 5. **bf16 against fp32**: the first image of ours sampled again in fp32 from the same seed: mean and max absolute
    difference and PSNR of the [0, 1] images (random weights amplify rounding: an upper bound).

@@ -47,7 +47,12 @@ def test_quick_run_prints_a_sane_table(tmp_path: Path) -> None:
         assert r["s_per_image"] > 0 and r["images_per_s"] > 0
         assert abs(r["s_per_image"] - r["s_per_step"] * r["steps"] / r["batch"]) < 1e-9
         assert r["speedup_vs_baseline"] > 0 and r["speedup_vs_medicraft_4260s"] > 0
-        assert 0 < r["frac_of_peak"] < 1.5 and 0 < r["frac_bf16_peak"] < 1.5
+        # the fractions are ratios of two timings on a shared machine (a busy neighbour can slow the matmul that
+        # measures the peak more than the UNet run), so no upper bound holds everywhere: check how they are made
+        peaks = sampling["matmul_peak_gflops"]
+        assert r["achieved_gflops"] > 0
+        assert abs(r["frac_of_peak"] - r["achieved_gflops"] / peaks[r["peak_dtype"]]) <= 1e-9 * r["frac_of_peak"]
+        assert abs(r["frac_bf16_peak"] - r["achieved_gflops"] / peaks["bf16"]) <= 1e-9 * r["frac_bf16_peak"]
         assert r["peak_dtype"] == ("bf16" if r["precision"].startswith("bf16") else "fp32")
     # fewer UNet passes than 1000 DDPM steps: the work per image really is smaller
     assert rows["ours"]["gflop_per_image"] < rows["medicraft-style"]["gflop_per_image"] / 100
