@@ -148,7 +148,8 @@ def psnr(a, b) -> float:
 
 
 def _inferer(amp: bool, channels_last: bool, compile_mode: str | None = None, compile_model: bool = False):
-    from medicraft_monai.inferers import ClassConditionedDiffusionInferer, make_scheduler
+    from medicraft_monai.inferers import ClassConditionedDiffusionInferer
+    from medicraft_monai.schedulers import make_scheduler
 
     return ClassConditionedDiffusionInferer(
         make_scheduler("ddpm", 1000),
@@ -164,7 +165,7 @@ def step_seconds(unet, inferer, sampler: str, batch: int, shape, steps: int, dev
     """Seconds per sampling step (one UNet pass + the solver's update) over ``steps`` steps after a warm-up step."""
     import torch
 
-    from medicraft_monai.inferers import make_scheduler
+    from medicraft_monai.schedulers import make_scheduler
 
     sched = make_scheduler(sampler, 1000)
     sched.set_timesteps(max(steps + 1, 2), device=device)
@@ -209,7 +210,8 @@ def monai_ddim_step_seconds(unet, batch: int, shape, steps: int, device) -> floa
 def sampling_part(args, device) -> dict[str, Any]:
     import torch
 
-    from medicraft_monai.inferers import make_scheduler, seeded_noise
+    from medicraft_monai.inferers import seeded_noise
+    from medicraft_monai.schedulers import make_scheduler
 
     net_cfg = QUICK_NET if args.quick else MEDICRAFT_SIZE_NET
     shape = (1, args.height, args.width)
@@ -373,7 +375,8 @@ def training_part(args, device) -> dict[str, Any]:
     from monai.transforms import Compose, RandFlipd, Resized, ScaleIntensityRanged
 
     from medicraft_monai.data.phantom import OCTPhantom, PhantomConfig
-    from medicraft_monai.inferers import ClassConditionedDiffusionInferer, make_scheduler
+    from medicraft_monai.inferers import ClassConditionedDiffusionInferer
+    from medicraft_monai.schedulers import make_scheduler
 
     size = (args.height, args.width)
     phantom = OCTPhantom(PhantomConfig(height=size[0], width=size[1], n_planes=args.train_planes))

@@ -24,8 +24,10 @@ import sys
 import time
 from pathlib import Path
 
+from medicraft_monai.bundles import bundle_path
+
 REPO = Path(__file__).resolve().parents[1]
-BUNDLES = {"oct_ddpm": REPO / "bundles" / "oct_ddpm", "oct_ldm": REPO / "bundles" / "oct_ldm"}
+BUNDLES = {name: bundle_path(name) for name in ("oct_ddpm", "oct_ldm")}
 
 
 def _rss_mib() -> float:
@@ -41,7 +43,8 @@ def measure(name: str, image_size: list[int], batch: int, steps: int, measure_st
     from monai.bundle import ConfigParser
 
     from medicraft_monai.bundle_utils import randomise_zero_weights
-    from medicraft_monai.inferers import make_scheduler, seeded_noise
+    from medicraft_monai.inferers import seeded_noise
+    from medicraft_monai.schedulers import make_scheduler
 
     parser = ConfigParser()
     parser.read_config(str(BUNDLES[name] / "configs" / "inference.json"))

@@ -26,8 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from medicraft_monai.bundles import bundle_path
+
 REPO = Path(__file__).resolve().parents[1]
-BUNDLE = REPO / "bundles" / "oct_ddpm"
+BUNDLE = bundle_path("oct_ddpm")
 
 
 def build(overrides: dict | None = None):
@@ -47,7 +49,7 @@ def step_time(network, inferer, batch: int, shape, steps: int) -> float:
     """Seconds per sampling step (one guided UNet pass + scheduler update) for a batch, after one warm-up step."""
     import torch
 
-    from medicraft_monai.inferers import make_scheduler
+    from medicraft_monai.schedulers import make_scheduler
 
     sched = make_scheduler("ddim", 1000)
     sched.set_timesteps(50)
@@ -66,7 +68,8 @@ def speed_part(args) -> dict:
     import torch
 
     from medicraft_monai.bundle_utils import randomise_zero_weights
-    from medicraft_monai.inferers import ClassConditionedDiffusionInferer, make_scheduler, seeded_noise
+    from medicraft_monai.inferers import ClassConditionedDiffusionInferer, seeded_noise
+    from medicraft_monai.schedulers import make_scheduler
 
     parser = build()
     network = parser.get_parsed_content("network_def").eval()

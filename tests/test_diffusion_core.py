@@ -10,7 +10,8 @@ from monai.networks.nets import DiffusionModelUNet
 
 from medicraft_monai.bundle_utils import randomise_zero_weights
 from medicraft_monai.engines import ClassConditionedPrepareBatch
-from medicraft_monai.inferers import ClassConditionedDiffusionInferer, make_scheduler, seeded_noise
+from medicraft_monai.inferers import ClassConditionedDiffusionInferer, seeded_noise
+from medicraft_monai.schedulers import make_scheduler
 
 NUM_CLASSES = 3
 

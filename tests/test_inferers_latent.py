@@ -27,13 +27,15 @@ from medicraft_monai.engines.latent import (
     read_latent_info,
     unit_range_pair,
 )
-from medicraft_monai.inferers.conditional import ClassConditionedDiffusionInferer, make_scheduler, seeded_noise
+from medicraft_monai.inferers.conditional import ClassConditionedDiffusionInferer, seeded_noise
 from medicraft_monai.inferers.latent import (
     AutoencoderReconstructionInferer,
     LatentClassConditionedInferer,
     autoencoder_downsampling,
 )
-from medicraft_monai.synthesis.generator import DiffusionGenerator, GeneratorError, file_sha256
+from medicraft_monai.schedulers import make_scheduler
+from medicraft_monai.synthesis.generator import DiffusionGenerator, GeneratorError
+from medicraft_monai.utils import file_sha256
 
 IMAGE = (1, 16, 32)
 CLASSES = ["a", "b", "c"]

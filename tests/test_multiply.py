@@ -32,8 +32,9 @@ from monai.networks.nets import DiffusionModelUNet
 from medicraft_monai.bundle_utils import randomise_zero_weights
 from medicraft_monai.data import OCTDataError, UnknownLabelError, load_datalist, read_bscan, write_datalist
 from medicraft_monai.synthesis.generator import DiffusionGenerator, GeneratorError
-from medicraft_monai.synthesis.multiply import MANIFEST_FIELDS, image_seed, multiply, plan_tasks
-from medicraft_monai.synthesis.plan import parse_target, plan_counts
+from medicraft_monai.synthesis.job import MANIFEST_FIELDS
+from medicraft_monai.synthesis.multiply import multiply
+from medicraft_monai.synthesis.plan import image_seed, parse_target, plan_counts, plan_tasks
 from medicraft_monai.synthesis.writers import to_uint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,7 +87,7 @@ def make_tiny_bundle(root: Path, class_names: list[str] = GEN_CLASSES) -> Path:
             "num_class_embeds": "$len(@class_names) + 1",
         },
         "sampling_scheduler": {
-            "_target_": "medicraft_monai.inferers.make_scheduler",
+            "_target_": "medicraft_monai.schedulers.make_scheduler",
             "sampler": "@sampler",
             "num_train_timesteps": 1000,
         },

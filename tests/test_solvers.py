@@ -13,8 +13,8 @@ from monai.networks.nets import DiffusionModelUNet
 from monai.networks.schedulers import DDIMScheduler, Scheduler
 
 from medicraft_monai.bundle_utils import randomise_zero_weights
-from medicraft_monai.inferers.conditional import ClassConditionedDiffusionInferer, make_scheduler, seeded_noise
-from medicraft_monai.inferers.solvers import TIMESTEP_SPACINGS, DPMSolverMultistepScheduler, spaced_timesteps
+from medicraft_monai.inferers import ClassConditionedDiffusionInferer, seeded_noise
+from medicraft_monai.schedulers import TIMESTEP_SPACINGS, DPMSolverMultistepScheduler, make_scheduler, spaced_timesteps
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "oct_ddpm"
 

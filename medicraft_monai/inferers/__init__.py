@@ -1,21 +1,17 @@
-"""Class-conditioned diffusion inferers (training forward pass and guided sampling), pixel and latent, and the
-few-step solvers they sample with (DDIM, DDPM and DPM-Solver++ 2M through :func:`make_scheduler`)."""
+"""Class-conditioned diffusion inferers (training forward pass and guided sampling), pixel and latent.
+
+They sample with any MONAI scheduler; the sampler registry and DPM-Solver++ live in :mod:`medicraft_monai.schedulers`.
+"""
 
 from __future__ import annotations
 
-from .conditional import SAMPLERS, ClassConditionedDiffusionInferer, make_scheduler, seeded_noise
+from .conditional import ClassConditionedDiffusionInferer, seeded_noise
 from .latent import AutoencoderReconstructionInferer, LatentClassConditionedInferer, autoencoder_downsampling
-from .solvers import TIMESTEP_SPACINGS, DPMSolverMultistepScheduler, spaced_timesteps
 
 __all__ = [
-    "SAMPLERS",
-    "TIMESTEP_SPACINGS",
     "AutoencoderReconstructionInferer",
     "ClassConditionedDiffusionInferer",
-    "DPMSolverMultistepScheduler",
     "LatentClassConditionedInferer",
     "autoencoder_downsampling",
-    "make_scheduler",
     "seeded_noise",
-    "spaced_timesteps",
 ]

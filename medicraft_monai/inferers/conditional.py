@@ -21,51 +21,9 @@ from monai.inferers import DiffusionInferer
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
 from monai.utils import optional_import
 
-from medicraft_monai.inferers.solvers import DPMSolverMultistepScheduler
-
 tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
 
-__all__ = ["SAMPLERS", "ClassConditionedDiffusionInferer", "make_scheduler", "seeded_noise"]
-
-#: sampler name -> scheduler class
-SAMPLERS: dict[str, type[Scheduler]] = {
-    "ddpm": DDPMScheduler,
-    "ddim": DDIMScheduler,
-    "dpmpp_2m": DPMSolverMultistepScheduler,
-}
-
-_RFLOW_REASON = (
-    "sampler 'rflow' is not offered: MONAI's RFlowScheduler integrates a velocity field of a model trained with "
-    "rectified-flow targets on its own time axis, whereas medicraft_monai's diffusion bundles train "
-    "v-prediction (or epsilon) models on a DDPMScheduler's noise schedule; their probability-flow ODE is what "
-    "'ddim' (first order) and 'dpmpp_2m' (second order) solve. See docs/samplers.md"
-)
-
-
-def make_scheduler(
-    sampler: str = "ddim", num_train_timesteps: int = 1000, schedule: str = "linear_beta", **kwargs
-) -> Scheduler:
-    """Create a MONAI noise scheduler by sampler name (``"ddpm"``, ``"ddim"`` or ``"dpmpp_2m"``).
-
-    Args:
-        sampler: "ddpm" (ancestral, one step per training timestep), "ddim" (deterministic for ``eta=0``) or
-            "dpmpp_2m" (DPM-Solver++ 2M, :class:`~medicraft_monai.inferers.solvers.DPMSolverMultistepScheduler`:
-            second order, one UNet pass per step; see docs/samplers.md).
-        num_train_timesteps: the number of diffusion steps the model was trained with.
-        schedule: MONAI noise schedule ("linear_beta", "scaled_linear_beta", "sigmoid_beta", "cosine").
-        kwargs: passed to the scheduler (for example ``prediction_type``, which must be the one the model was
-            trained with, ``clip_sample``, ``beta_start``, ``beta_end``; for "dpmpp_2m"
-            also ``timestep_spacing`` and ``use_karras_sigmas``).
-
-    Raises:
-        ValueError: an unknown sampler, or "rflow" (which needs a velocity-trained model; the message says why).
-    """
-    key = str(sampler).lower()
-    if key == "rflow":
-        raise ValueError(_RFLOW_REASON)
-    if key not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
-    return SAMPLERS[key](num_train_timesteps=num_train_timesteps, schedule=schedule, **kwargs)
+__all__ = ["ClassConditionedDiffusionInferer", "seeded_noise"]
 
 
 def seeded_noise(
