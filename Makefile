@@ -5,7 +5,7 @@ OUT ?= demo_output
 DATA ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup label-setup deploy-setup demo test lint format benchmark clean
+.PHONY: setup label-setup deploy-setup demo test test-numerics lint format benchmark clean
 
 $(VENV)/.installed: pyproject.toml scripts/setup_env.sh scripts/venv_torch.sh
 	bash scripts/setup_env.sh $(VENV)
@@ -34,8 +34,12 @@ format: setup
 	$(PY) -m ruff check --fix medicraft_monai tests benchmarks
 	$(PY) -m ruff format medicraft_monai tests benchmarks
 
-test: lint label-setup deploy-setup
+test: lint test-numerics label-setup deploy-setup
 	$(PY) -m pytest -n auto --dist loadfile $(PYTEST_ARGS)
+
+# the numerics tests once per CPU kernel family (PyTorch's ATEN_CPU_CAPABILITY, oneDNN's ONEDNN_MAX_CPU_ISA)
+test-numerics: setup
+	bash scripts/numerics_matrix.sh $(PYTEST_ARGS)
 
 benchmark: setup
 	$(PY) benchmarks/run_all.py
