@@ -36,6 +36,7 @@ from medicraft_monai.inferers.latent import (
 from medicraft_monai.schedulers import make_scheduler
 from medicraft_monai.synthesis.generator import DiffusionGenerator, GeneratorError
 from medicraft_monai.utils import file_sha256
+from tests._numerics import sampling_atol
 
 IMAGE = (1, 16, 32)
 CLASSES = ["a", "b", "c"]
@@ -144,7 +145,8 @@ def test_same_seed_same_image_whatever_the_batch_and_guidance_and_ddpm_work() ->
 
     ddpm_a = draw([3, 4, 5], [0, 1, 2])
     ddpm_b = draw([9, 4], [2, 1])
-    torch.testing.assert_close(ddpm_a[1], ddpm_b[1], atol=1e-5, rtol=0)  # stochastic DDPM, same seed, other batch
+    # stochastic DDPM, same seed, other batch: the same image up to the rounding of other kernels
+    torch.testing.assert_close(ddpm_a[1], ddpm_b[1], atol=sampling_atol(5), rtol=0)
     assert not torch.allclose(ddpm_a[0], ddpm_a[1])
     ddim = make_scheduler("ddim", 100, clip_sample=False)
     plain = draw([3], [0], scheduler=ddim)
