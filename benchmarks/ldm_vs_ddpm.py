@@ -47,7 +47,7 @@ def measure(name: str, image_size: list[int], batch: int, steps: int, measure_st
     from medicraft_monai.schedulers import make_scheduler
 
     parser = ConfigParser()
-    parser.read_config(str(BUNDLES[name] / "configs" / "inference.json"))
+    parser.read_config([str(BUNDLES[name] / "configs" / n) for n in ("common.json", "inference.json")])
     parser["bundle_root"] = str(BUNDLES[name])
     parser["device"] = f"$torch.device('{device}')"
     parser["image_size"] = list(image_size)
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.image_size is None:
         from monai.bundle import ConfigParser
 
-        size = ConfigParser.load_config_file(BUNDLES["oct_ldm"] / "configs" / "inference.json")["image_size"]
+        size = ConfigParser.load_config_file(BUNDLES["oct_ldm"] / "configs" / "common.json")["image_size"]
         args.image_size = [int(s) for s in size]
     if args.one:
         import torch

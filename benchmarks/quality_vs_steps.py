@@ -38,7 +38,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-BUNDLE = REPO / "bundles" / "oct_ddpm"
+from medicraft_monai.bundles import bundle_path  # noqa: E402 (after the checkout is on the path)
+
+BUNDLE = bundle_path("oct_ddpm")
 SAMPLERS = ("ddim", "dpmpp_2m")
 
 
@@ -96,7 +98,7 @@ def real_images(args, datalist: Path, split: str = "training"):
     from medicraft_monai.data.datalist import load_datalist
 
     parser = ConfigParser()
-    parser.read_config(str(BUNDLE / "configs" / "train.json"))
+    parser.read_config([str(BUNDLE / "configs" / n) for n in ("common.json", "train.json")])
     parser["bundle_root"] = str(BUNDLE)
     parser["image_size"] = list(args.image_size)
     transforms = Compose(parser.get_parsed_content("train#deterministic_transforms"))

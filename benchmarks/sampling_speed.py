@@ -37,7 +37,7 @@ def build(overrides: dict | None = None):
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
+    parser.read_config([str(BUNDLE / "configs" / n) for n in ("common.json", "inference.json")])
     parser["bundle_root"] = str(BUNDLE)
     parser["device"] = "$torch.device('cpu')"
     for k, v in (overrides or {}).items():

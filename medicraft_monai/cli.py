@@ -173,7 +173,7 @@ class MedicraftCLI:
         Args:
             datalist: the real datalist JSON (see ``medicraft datalist``).
             output_dir: where the images, manifest and datalists go.
-            bundle_root: the generator bundle folder (default: this checkout's bundles/oct_ddpm).
+            bundle_root: the generator bundle folder (default: the shipped oct_ddpm, see medicraft_monai.bundles).
             target: "balance" (every class up to the largest), "multiply:N" (every class to N times its count),
                 or images to add per class as JSON, e.g. '{"melanoma": 200}'.
             fmt: png (default), nifti or dicom.
@@ -191,13 +191,13 @@ class MedicraftCLI:
                 write ``datalist_synthetic_accepted.json`` and ``datalist_real_synthetic_accepted.json`` that keep
                 only the synthetic images the experts accepted.
         """
-        from medicraft_monai.demo import find_bundle
+        from medicraft_monai.bundles import bundle_path
         from medicraft_monai.synthesis import multiply
 
         result = multiply(
             datalist,
             output_dir,
-            bundle_root=bundle_root or find_bundle("oct_ddpm"),
+            bundle_root=bundle_root or bundle_path("oct_ddpm"),
             target=target,
             split=split,
             fmt=fmt,
@@ -237,7 +237,7 @@ class MedicraftCLI:
 
         Writes ``report.md`` (tables and figures), ``metrics.json`` (every number) and ``figures/`` to
         ``output_dir``. An interrupted run resumes in the same folder. The same evaluation runs as a bundle:
-        ``python -m monai.bundle run --config_file bundles/oct_synthesis_eval/configs/evaluate.json ...``.
+        ``python -m monai.bundle run --config_file "['bundles/oct_synthesis_eval/configs/common.json','bundles/oct_synthesis_eval/configs/evaluate.json']" ...``.
         Options left out take the values of ``--config`` or the defaults of docs/evaluation.md.
 
         Args:

@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from medicraft_monai.bundles import bundle_path, config_files
+
 __all__ = [
     "DEFAULT_BUNDLE",
     "FeatureExtractor",
@@ -37,8 +39,8 @@ __all__ = [
     "pixel_features",
 ]
 
-#: The default feature extractor: the OCT classifier bundle of this repository (trained on OCT, no download).
-DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "oct_classifier"
+#: The default feature extractor: the shipped OCT classifier bundle (trained on OCT, no download).
+DEFAULT_BUNDLE = bundle_path("oct_classifier")
 
 _PROGRESS_MIN_BATCHES = 4
 
@@ -188,11 +190,11 @@ class FeatureExtractor(nn.Module):
         if not ckpt.is_file():
             raise FileNotFoundError(
                 f"{ckpt}: no trained weights; train the bundle first "
-                f"(python -m monai.bundle run --config_file {root / 'configs' / 'train.json'} --bundle_root {root}) "
+                f"(python -m monai.bundle run --config_file \"{[str(p) for p in config_files(root, 'train.json')]}\" --bundle_root {root}) "
                 "or pass ckpt_path"
             )
         parser = ConfigParser()
-        parser.read_config(str(cfg))
+        parser.read_config([str(p) for p in config_files(root, config_file)])
         parser["bundle_root"] = str(root)
         for key, value in (overrides or {}).items():
             parser[key] = value

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from medicraft_monai.bundles import bundle_path, config_files
 from medicraft_monai.data.datalist import check_splits, write_datalist
 from medicraft_monai.data.errors import EmptyDatasetError, SplitLeakError
 from medicraft_monai.data.keys import OCTKeys
@@ -65,9 +66,7 @@ EXPERIMENTS: dict[str, str] = {
 
 
 def _default_bundle() -> Path:
-    from medicraft_monai.demo import find_bundle
-
-    return find_bundle("oct_classifier")
+    return bundle_path("oct_classifier")
 
 
 @dataclass
@@ -75,7 +74,7 @@ class ClassifierSettings:
     """How :func:`train_classifier` and :func:`evaluate_classifier` run the ``oct_classifier`` bundle.
 
     Attributes:
-        bundle_root: the bundle (default: ``bundles/oct_classifier`` of this checkout).
+        bundle_root: the bundle (default: the shipped ``oct_classifier``, :func:`medicraft_monai.bundles.bundle_path`).
         image_size: (H, W) the classifier works at.
         max_epochs: training epochs.
         batch_size: training batch size.
@@ -223,7 +222,7 @@ def train_classifier(
     datalist = _write_datalist(out / "datalist.json", class_names, training=train, validation=val)
     root = Path(settings.bundle_root)
     _run_workflow(
-        [root / "configs" / "train.json"],
+        config_files(root, "train.json"),
         settings,
         bundle_root=str(out),
         datalist=str(datalist),
@@ -257,7 +256,7 @@ def evaluate_classifier(
         out = Path(output_dir) if output_dir is not None else Path(tmp) / "eval"
         datalist = _write_datalist(Path(tmp) / "datalist.json", class_names, test=test)
         _run_workflow(
-            [root / "configs" / "train.json", root / "configs" / "evaluate.json"],
+            config_files(root, "train.json", "evaluate.json"),
             settings,
             bundle_root=str(tmp),
             datalist=str(datalist),
