@@ -78,7 +78,7 @@ def tiny_classifier_bundle(root: Path) -> Path:
     src = REPO / "bundles" / "oct_classifier" / "configs"
     (root / "configs").mkdir(parents=True)
     (root / "models").mkdir()
-    config = json.loads((src / "inference.json").read_text())
+    config = ConfigParser.load_config_files([str(src / "common.json"), str(src / "inference.json")])
     # the deployed model needs no training code: keep the imports its preprocessing and network use
     config["imports"] = [i for i in config.get("imports", []) if "metrics" not in i]
     config.update(
@@ -152,7 +152,8 @@ def tiny_generator_bundle(root: Path) -> Path:
     """The real oct_ddpm inference.json with a tiny UNet, the OCT2017 classes, random weights and 2 DDIM steps."""
     (root / "configs").mkdir(parents=True)
     (root / "models").mkdir()
-    config = json.loads((REPO / "bundles" / "oct_ddpm" / "configs" / "inference.json").read_text())
+    src = REPO / "bundles" / "oct_ddpm" / "configs"
+    config = ConfigParser.load_config_files([str(src / "common.json"), str(src / "inference.json")])
     config.update(
         class_names=CLASSES,
         image_size=[16, 32],
@@ -405,6 +406,56 @@ def test_synthesis_request_sources_resume_and_errors(generator_bundle: Path, tmp
     assert len(synthetic_files(out)) == 4 and len(read_csv(out / "manifest.csv")) == 4
     with pytest.raises(GeneratorError, match="unknown class"):
         synthesize(gen, SynthesisRequest(classes=["melanoma"]), out, progress=False)
+
+
+def test_synthesize_interrupted_then_resumed_makes_the_images_of_a_clean_run(
+    generator_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The app runs the one synthesis job: every batch has the request's shape (a short one is padded), so a run
+    interrupted after 4 of 8 images (the 4th written but not journaled) and resumed writes the same images, records
+    and pixels as an uninterrupted run, although the resumed run batches the rest differently."""
+    import medicraft_monai.synthesis.job as job_module
+
+    gen = DiffusionGenerator.from_bundle(generator_bundle, device="cpu")
+    generate, batch_sizes = gen.generate, []
+
+    def counted_generate(classes, *args, **kwargs):
+        batch_sizes.append(len(classes))
+        return generate(classes, *args, **kwargs)
+
+    monkeypatch.setattr(gen, "generate", counted_generate)
+    request = SynthesisRequest(num_images_per_class=2, seed=3, batch_size=3)  # 8 images: batches of 3, 3, 2 (+1 pad)
+    clean = synthesize(gen, request, tmp_path / "clean", progress=False)
+    assert clean["generated"] == 8
+
+    out = tmp_path / "resumed"
+    write = job_module.write_synthetic_image
+    written: list[Path] = []
+
+    def interrupted_write(path, *args, **kwargs):
+        if len(written) == 4:
+            raise RuntimeError("interrupted")
+        written.append(Path(path))
+        return write(path, *args, **kwargs)
+
+    monkeypatch.setattr(job_module, "write_synthetic_image", interrupted_write)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        synthesize(gen, request, out, progress=False)
+    monkeypatch.setattr(job_module, "write_synthetic_image", write)
+    assert synthetic_files(out) == sorted(written) and len(written) == 4
+    resumed = synthesize(gen, request, out, progress=False)
+    assert (resumed["generated"], resumed["skipped"], resumed["total"]) == (4, 4, 8)
+
+    assert set(batch_sizes) == {3}  # clean 3+3+3, interrupted 3+3, resumed 3+3: always the request's shape
+    clean_out = tmp_path / "clean"
+    files = synthetic_files(out)
+    assert [f.relative_to(out) for f in files] == [f.relative_to(clean_out) for f in synthetic_files(clean_out)]
+    for f in files:
+        assert np.array_equal(read_bscan(f)[0], read_bscan(clean_out / f.relative_to(out))[0]), f.name
+    drop = ("sha256",)  # the PNG text holds the creation time; the pixels and every other record field are equal
+    assert [{k: v for k, v in r.items() if k not in drop} for r in resumed["records"]] == [
+        {k: v for k, v in r.items() if k not in drop} for r in clean["records"]
+    ]
 
 
 def test_app_yaml_and_requirements_for_packaging(deploy_python: Path) -> None:

@@ -39,7 +39,7 @@ from medicraft_monai.label import (
     load_reviews,
 )
 from medicraft_monai.label.review import validate_verdict
-from medicraft_monai.synthesis.generator import file_sha256
+from medicraft_monai.utils import file_sha256
 
 PROVENANCE_KEYS = {"bundle", "model_sha256", "class_name", "seed", "steps", "guidance_scale", "created", "sampler"}
 

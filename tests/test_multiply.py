@@ -653,7 +653,7 @@ def test_oct_ddpm_bundle_multiplies_through_monai_bundle(real_datalist: Path, tm
     shutil.copytree(REPO / "bundles" / "oct_ddpm" / "configs", root / "configs")
     (root / "models").mkdir()
     parser = ConfigParser()
-    parser.read_config(str(root / "configs" / "inference.json"))
+    parser.read_config([str(root / "configs" / "common.json"), str(root / "configs" / "inference.json")])
     parser.update(dict(TINY_OVERRIDES))
     net = parser.get_parsed_content("network_def")
     randomise_zero_weights(net, std=0.1)  # random output so images vary

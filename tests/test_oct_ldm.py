@@ -25,8 +25,9 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from medicraft_monai.data import build_datalist, load_datalist, read_bscan, write_datalist
-from medicraft_monai.synthesis import DiffusionGenerator, GeneratorError, file_sha256, multiply
+from medicraft_monai.synthesis import DiffusionGenerator, GeneratorError, multiply
 from medicraft_monai.synthesis.sample import synthetic_png_path
+from medicraft_monai.utils import file_sha256
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = REPO_ROOT / "bundles" / "oct_ldm"
@@ -140,7 +141,7 @@ def diffusion(autoencoder: dict) -> dict:
     """Stage 2 on the stage-1 autoencoder: two epochs, then resumed for a third."""
     root = autoencoder["root"]
     common = {"datalist": autoencoder["common"]["datalist"], **TINY_AE, **TINY_UNET, **DIFF_TRAIN}
-    run_c = run(bundle_cmd(["train_diffusion.json"], root, **common, max_epochs=2))
+    run_c = run(bundle_cmd(["train.json"], root, **common, max_epochs=2))
     cache_dir = root / "models" / "training" / "latent_cache"
     caches = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in cache_dir.glob("latents_*.pt")}
     # train.json is the diffusion stage: resuming through it continues the same run
@@ -249,9 +250,9 @@ def test_diffusion_resumes_saves_the_ema_weights_and_logs_decoded_grids(diffusio
 
 
 def test_train_json_is_the_diffusion_stage() -> None:
+    assert not (CONFIGS / "train.json").is_symlink(), "a link breaks in a zip archive of the bundle"
+    assert not (CONFIGS / "train_diffusion.json").exists(), "one diffusion-stage config: train.json"
     a = ConfigParser.load_config_file(CONFIGS / "train.json")
-    b = ConfigParser.load_config_file(CONFIGS / "train_diffusion.json")
-    assert a == b
     assert a["inferer"]["_target_"] == "medicraft_monai.inferers.latent.LatentClassConditionedInferer"
 
 
@@ -260,7 +261,7 @@ def test_the_multi_gpu_overlay_fits_both_stages() -> None:
 
     for train in ("train_autoencoder.json", "train.json"):
         parser = ConfigParser()
-        parser.read_config([str(CONFIGS / train), str(CONFIGS / "multi_gpu_train.json")])
+        parser.read_config([str(CONFIGS / n) for n in ("common.json", train, "multi_gpu_train.json")])
         parser.parse(reset=True)
         refs = ReferenceResolver.find_refs_in_config(parser.get(), id="")
         assert not sorted(r for r in refs if r not in parser), train

@@ -1,4 +1,4 @@
-"""Input discovery, reading that never stops a batch, and atomic JSON/CSV outputs for the Deploy apps.
+"""Input discovery and reading that never stops a batch, for the Deploy apps.
 
 An application's input is a file or a folder (searched recursively; hidden files and folders are skipped). Every
 file becomes one :class:`InputFrame` per B-scan it holds (a multi-frame DICOM Ophthalmic Tomography exam gives one
@@ -9,11 +9,6 @@ and goes on with the other files.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import os
-from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -24,7 +19,7 @@ import numpy as np
 from medicraft_monai.data.errors import OCTDataError
 from medicraft_monai.data.io import read_frames
 
-__all__ = ["InputFrame", "list_input_files", "read_input_frames", "write_csv_atomic", "write_json_atomic"]
+__all__ = ["InputFrame", "list_input_files", "read_input_frames"]
 
 
 @dataclass
@@ -106,33 +101,3 @@ def read_input_frames(input_path: str | PathLike) -> list[InputFrame]:
                 )
             )
     return records
-
-
-def _replace_atomic(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_json_atomic(path: str | PathLike, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON under a temporary name and rename it into place."""
-    return _replace_atomic(Path(path), json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
-
-
-def write_csv_atomic(path: str | PathLike, rows: Iterable[Mapping[str, Any]], fieldnames: Sequence[str]) -> Path:
-    """Write ``rows`` (missing keys empty) as CSV under a temporary name and rename it into place."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(fieldnames), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in fieldnames})
-    return _replace_atomic(Path(path), buf.getvalue())

@@ -18,8 +18,10 @@ from typing import Any
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
+from medicraft_monai.utils import write_csv_atomic, write_json_atomic
+
 from .classifier import TorchScriptClassifier, classify_frames, csv_rows, prediction_fields
-from .inputs import read_input_frames, write_csv_atomic, write_json_atomic
+from .inputs import read_input_frames
 from .synthesis import SynthesisRequest, resolve_bundle, synthesize
 
 __all__ = [

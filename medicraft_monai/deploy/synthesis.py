@@ -1,17 +1,19 @@
 """The work of the ``synthesize`` app: N synthetic B-scans per class from a generator bundle, marked and recorded.
 
 The generator is loaded with :meth:`~medicraft_monai.synthesis.generator.DiffusionGenerator.from_bundle` (the one
-code path every sampler in medicraft_monai uses); file names and seeds follow ``medicraft multiply``
-(:func:`~medicraft_monai.synthesis.multiply.plan_tasks`), files are written by
-:func:`~medicraft_monai.synthesis.writers.write_synthetic_image` (PNG with provenance text, NIfTI, or DICOM with
-ImageType DERIVED\\SECONDARY and a SYNTHETIC series description). Under the output folder::
+code path every sampler in medicraft_monai uses); the images are planned with
+:func:`~medicraft_monai.synthesis.plan.plan_tasks` and made by the one synthesis job that ``medicraft multiply``
+runs (:class:`~medicraft_monai.synthesis.job.SynthesisJob`: padded batches, journal and resume, PNG with provenance
+text, NIfTI, or DICOM with ImageType DERIVED\\SECONDARY and a SYNTHETIC series description). Under the output
+folder::
 
     images/<class>/synthetic_<class>_<index>_s<seed>.png   one file per image
-    manifest.jsonl                                         one record per image, appended batch by batch
-    manifest.csv                                           the same records as a table
+    manifest.jsonl, manifest.csv                           one record per image (and the same as a table)
+    job.json, .manifest_parts/                             the job's identity and journal (for resuming)
     synthesis.json                                         the request, the model, counts per class
 
-A rerun with the same request and model skips the images its manifest already records (and that exist).
+A rerun of the same job (model, seed, steps, guidance, format) skips the images already there and makes the same
+images an uninterrupted run makes; a larger ``num_images_per_class`` only adds images.
 
 The request (:class:`SynthesisRequest`) comes from, lowest priority first: the defaults, ``MEDICRAFT_SYNTH_*``
 environment variables (e.g. ``MEDICRAFT_SYNTH_NUM_IMAGES_PER_CLASS=8``), and a ``synthesis_request.json`` in the
@@ -30,17 +32,14 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
-from medicraft_monai.synthesis.generator import DiffusionGenerator, GeneratorError, file_sha256
-from medicraft_monai.synthesis.multiply import MANIFEST_FIELDS, plan_tasks
-from medicraft_monai.synthesis.writers import check_format, write_synthetic_image
-
-from .inputs import write_csv_atomic, write_json_atomic
+from medicraft_monai.synthesis.generator import DiffusionGenerator, GeneratorError
+from medicraft_monai.synthesis.job import MANIFEST_CSV, MANIFEST_JSONL, SynthesisJob, check_output_dir
+from medicraft_monai.synthesis.plan import IMAGES_DIR, plan_tasks
+from medicraft_monai.synthesis.writers import check_format
+from medicraft_monai.utils import write_json_atomic
 
 __all__ = [
     "ENV_PREFIX",
-    "RECORD_FIELDS",
     "REQUEST_FILE",
     "SynthesisRequest",
     "resolve_bundle",
@@ -52,8 +51,6 @@ logger = logging.getLogger(__name__)
 REQUEST_FILE = "synthesis_request.json"
 ENV_PREFIX = "MEDICRAFT_SYNTH_"
 APP_NAME = "medicraft_monai.deploy.synthesize"
-RECORD_FIELDS: tuple[str, ...] = (*MANIFEST_FIELDS, "synthetic")
-"""Columns of ``manifest.csv``: those of ``medicraft multiply`` plus ``synthetic`` (always true)."""
 
 
 @dataclass
@@ -163,34 +160,6 @@ def resolve_bundle(model_path: str | PathLike) -> Path:
     raise GeneratorError(f"{path}: not a generator bundle (no configs/inference.json here or in one sub-folder)")
 
 
-def _dicom_uids(checksum: str, job_seed: int, class_name: str, index: int, seed: int) -> dict[str, str]:
-    """Deterministic UIDs: one study per job, one series per class, so a rerun writes the same identifiers."""
-    from pydicom.uid import generate_uid
-
-    job = [checksum, str(job_seed), APP_NAME]
-    return {
-        "study": generate_uid(entropy_srcs=[*job, "study"]),
-        "series": generate_uid(entropy_srcs=[*job, "series", class_name]),
-        "sop": generate_uid(entropy_srcs=[*job, "sop", class_name, str(index), str(seed)]),
-    }
-
-
-def _existing_records(out: Path, identity: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """Records of an earlier run of the same job whose files exist (path -> record)."""
-    manifest = out / "manifest.jsonl"
-    if not manifest.is_file():
-        return {}
-    known: dict[str, dict[str, Any]] = {}
-    for line in manifest.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue  # a line cut by a crash
-        if all(rec.get(k) == v for k, v in identity.items()) and (out / rec["path"]).is_file():
-            known[rec["path"]] = rec
-    return known
-
-
 def synthesize(
     generator: DiffusionGenerator, request: SynthesisRequest, output_dir: str | PathLike, progress: bool = True
 ) -> dict[str, Any]:
@@ -202,71 +171,31 @@ def synthesize(
 
     Raises:
         GeneratorError: an unknown class.
+        OCTDataError: an output folder that cannot be written or that holds another job's images.
     """
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     classes = [generator.class_names[generator.class_index(c)] for c in (request.classes or generator.class_names)]
-    steps = int(request.num_inference_steps or generator.num_inference_steps)
-    guidance = float(generator.guidance_scale if request.guidance_scale is None else request.guidance_scale)
-    plan = dict.fromkeys(classes, request.num_images_per_class)
-    tasks = plan_tasks(plan, generator.class_names, base_seed=request.seed, fmt=request.format)
-    identity = {
-        "model_sha256": generator.checksum,
-        "job_seed": request.seed,
-        "steps": steps,
-        "guidance_scale": guidance,
-        "format": request.format,
-        "bit_depth": request.bit_depth,
-    }
-    known = _existing_records(out, identity)
-    todo = [t for t in tasks if t.relpath not in known]
-    bundle = Path(generator.bundle_root).resolve().name
+    check_output_dir(out)
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    batches = [todo[i : i + request.batch_size] for i in range(0, len(todo), request.batch_size)]
-    with open(out / "manifest.jsonl", "a", encoding="utf-8") as journal:
-        for batch in tqdm(batches, desc="synthesising", disable=not progress):
-            images = generator.generate([t.class_name for t in batch], [t.seed for t in batch], steps, guidance)
-            for task, image in zip(batch, images):
-                provenance = {
-                    **generator.provenance(task.class_name, task.seed, steps, guidance),
-                    "synthetic": True,
-                    "app": APP_NAME,
-                    "created": created,
-                }
-                options: dict[str, Any] = {}
-                if request.format == "dicom":
-                    options = {
-                        "class_name": task.class_name,
-                        "instance_number": task.index + 1,
-                        "uids": _dicom_uids(generator.checksum, request.seed, task.class_name, task.index, task.seed),
-                    }
-                path = write_synthetic_image(
-                    out / task.relpath, image, request.format, request.bit_depth, provenance=provenance, **options
-                )
-                known[task.relpath] = {
-                    "path": task.relpath,
-                    "class_name": task.class_name,
-                    "label": task.label,
-                    "index": task.index,
-                    "seed": task.seed,
-                    "sampler": generator.sampler,
-                    "steps": steps,
-                    "guidance_scale": guidance,
-                    "model_sha256": generator.checksum,
-                    "format": request.format,
-                    "bit_depth": request.bit_depth,
-                    "height": int(generator.image_shape[1]),
-                    "width": int(generator.image_shape[2]),
-                    "sha256": file_sha256(path),
-                    "bundle": bundle,
-                    "job_seed": request.seed,
-                    "synthetic": True,
-                }
-                journal.write(json.dumps(known[task.relpath], sort_keys=True) + "\n")
-            journal.flush()
-            os.fsync(journal.fileno())
-    records = [known[t.relpath] for t in tasks]
-    write_csv_atomic(out / "manifest.csv", records, RECORD_FIELDS)
+    job = SynthesisJob(
+        generator,
+        out,
+        steps=request.num_inference_steps,
+        guidance_scale=request.guidance_scale,
+        fmt=request.format,
+        bit_depth=request.bit_depth,
+        job_seed=request.seed,
+        batch_size=request.batch_size,
+        name=APP_NAME,
+        provenance_extra={"app": APP_NAME, "created": created},
+        progress=progress,
+    )
+    job.check_job({"class_names": list(generator.class_names), "app": APP_NAME})
+    tasks = plan_tasks(
+        dict.fromkeys(classes, request.num_images_per_class), generator.class_names, request.seed, job.fmt
+    )
+    stats = job.run(tasks)
+    records = job.finalize(tasks)
     counts = {c: sum(1 for r in records if r["class_name"] == c) for c in classes}
     summary = {
         "app": APP_NAME,
@@ -274,25 +203,25 @@ def synthesize(
         "created": created,
         "request": asdict(request),
         "model": {
-            "bundle": bundle,
+            "bundle": Path(generator.bundle_root).resolve().name,
             "bundle_root": generator.bundle_root,
             "sha256": generator.checksum,
             "class_names": list(generator.class_names),
             "sampler": generator.sampler,
-            "steps": steps,
-            "guidance_scale": guidance,
+            "steps": job.steps,
+            "guidance_scale": job.guidance_scale,
             "image_shape": list(generator.image_shape),
         },
         "counts": counts,
         "total": len(records),
-        "generated": len(todo),
-        "skipped": len(tasks) - len(todo),
-        "images": "images",
-        "manifest": "manifest.jsonl",
-        "manifest_csv": "manifest.csv",
+        "generated": stats["generated"],
+        "skipped": stats["skipped"],
+        "images": IMAGES_DIR,
+        "manifest": MANIFEST_JSONL,
+        "manifest_csv": MANIFEST_CSV,
     }
     write_json_atomic(out / "synthesis.json", summary)
     logger.info(
-        "synthesised %d image(s) (%d already there) of %s under %s", len(todo), len(tasks) - len(todo), counts, out
+        "synthesised %d image(s) (%d already there) of %s under %s", stats["generated"], stats["skipped"], counts, out
     )
     return {**summary, "records": records}

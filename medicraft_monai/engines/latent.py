@@ -36,6 +36,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable
 from tqdm import tqdm
 
+from medicraft_monai.inferers.autocast import autocast_context, autocast_dtype
 from medicraft_monai.visualize import image_grid
 
 __all__ = [
@@ -62,7 +63,7 @@ CACHE_VERSION = 1
 
 
 def _sha256(path: str | PathLike) -> str:
-    from medicraft_monai.synthesis.generator import file_sha256
+    from medicraft_monai.utils import file_sha256
 
     return file_sha256(path)
 
@@ -123,15 +124,8 @@ class AutoencoderKLUpdate:
         self.adversarial = bool(adversarial)
         self.adv_weight = float(adv_weight)
         self.adv_start_epoch = int(adv_start_epoch)
-        self.amp_dtype = getattr(torch, amp_dtype) if isinstance(amp_dtype, str) else amp_dtype
+        self.amp_dtype = autocast_dtype(amp_dtype)
         self.adv_loss = PatchAdversarialLoss(criterion="least_squares")
-
-    def _autocast(self, device: torch.device):
-        import contextlib
-
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=self.amp_dtype)
 
     def adversarial_on(self, epoch: int) -> bool:
         """Whether the adversarial loss is used in (1-based) ``epoch``."""
@@ -145,7 +139,7 @@ class AutoencoderKLUpdate:
         engine.optimizer.zero_grad(set_to_none=True)
         adv_on = self.adversarial_on(engine.state.epoch)
         zero = torch.zeros((), device=images.device)
-        with self._autocast(images.device):
+        with autocast_context(images.device, self.amp_dtype):
             recon, z_mu, z_sigma = network(images)
         recon, z_mu, z_sigma = recon.float(), z_mu.float(), z_sigma.float()
         recon_loss = engine.loss_function(recon, images)
@@ -155,7 +149,7 @@ class AutoencoderKLUpdate:
         if adv_on:
             assert self.discriminator is not None and self.disc_optimizer is not None
             self.discriminator.train()
-            with self._autocast(images.device):
+            with autocast_context(images.device, self.amp_dtype):
                 logits_fake = self.discriminator(recon)[-1]
             adv = self.adv_loss(logits_fake.float(), target_is_real=True, for_discriminator=False)
             loss = loss + self.adv_weight * adv
@@ -163,7 +157,7 @@ class AutoencoderKLUpdate:
         engine.optimizer.step()
         if adv_on:
             self.disc_optimizer.zero_grad(set_to_none=True)
-            with self._autocast(images.device):
+            with autocast_context(images.device, self.amp_dtype):
                 logits_fake = self.discriminator(recon.detach())[-1]
                 logits_real = self.discriminator(images)[-1]
             fake = self.adv_loss(logits_fake.float(), target_is_real=False, for_discriminator=True)
@@ -579,7 +573,7 @@ def read_latent_info(path: str | PathLike, autoencoder_ckpt_path: str | PathLike
     if not p.is_file():
         raise GeneratorError(
             f"{p}: latent.json not found (it holds the latent scale factor); train the diffusion stage first "
-            "(configs/train_diffusion.json) or set --latent_info_path"
+            "(configs/train.json) or set --latent_info_path"
         )
     try:
         info = json.loads(p.read_text())

@@ -1,23 +1,26 @@
-"""Dataset multiplication: load a generator bundle, plan counts, sample, write files, datalists and manifests."""
+"""Synthesis: load a generator bundle, plan images, run the one synthesis job, write files, datalists and manifests."""
 
 from __future__ import annotations
 
-from .generator import DiffusionGenerator, GeneratorError, file_sha256
-from .multiply import ImageTask, image_seed, multiply, plan_tasks
-from .plan import Target, parse_target, plan_counts
+from .generator import DiffusionGenerator, GeneratorError
+from .job import MANIFEST_FIELDS, SynthesisJob, synthetic_datalist_item
+from .multiply import multiply
+from .plan import ImageTask, Target, image_seed, parse_target, plan_counts, plan_tasks
 from .writers import FORMATS, write_synthetic_image
 
 __all__ = [
     "FORMATS",
+    "MANIFEST_FIELDS",
     "DiffusionGenerator",
     "GeneratorError",
     "ImageTask",
+    "SynthesisJob",
     "Target",
-    "file_sha256",
     "image_seed",
     "multiply",
     "parse_target",
     "plan_counts",
     "plan_tasks",
+    "synthetic_datalist_item",
     "write_synthetic_image",
 ]

@@ -25,7 +25,6 @@ An inferer that holds further weights (the autoencoder of a latent generator) ma
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -39,9 +38,12 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 
+from medicraft_monai.bundles import config_files
 from medicraft_monai.inferers.conditional import seeded_noise
+from medicraft_monai.networks.checkpoint import CheckpointError, load_state_dict
+from medicraft_monai.utils import file_sha256
 
-__all__ = ["DIFFUSION_SETTINGS_FILE", "DiffusionGenerator", "GeneratorError", "check_diffusion_settings", "file_sha256"]
+__all__ = ["DIFFUSION_SETTINGS_FILE", "DiffusionGenerator", "GeneratorError", "check_diffusion_settings"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,15 +53,6 @@ DIFFUSION_SETTINGS_FILE = "diffusion.json"
 
 class GeneratorError(ValueError):
     """A generator bundle or checkpoint that cannot be used (missing, mismatched or malformed)."""
-
-
-def file_sha256(path: str | PathLike, chunk: int = 1 << 20) -> str:
-    """The SHA-256 hex digest of a file (used as the model checksum in provenance records)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 _warned_unchecked: set[str] = set()
@@ -251,7 +244,8 @@ class DiffusionGenerator:
         Args:
             bundle_root: the bundle folder (with ``configs/inference.json``).
             ckpt_path: weights to load (default: the config's ``ckpt_path``).
-            config_file: config file(s) relative to the bundle root (default ``configs/inference.json``).
+            config_file: config file(s) relative to the bundle root (default ``configs/inference.json``), layered
+                on ``configs/common.json`` when the bundle has one.
             device: where to run (default: CUDA when available, else CPU).
             overrides: config overrides, e.g. ``{"sampler": "ddpm", "num_inference_steps": 1000}``.
 
@@ -259,8 +253,8 @@ class DiffusionGenerator:
             GeneratorError: missing bundle or checkpoint, or a checkpoint that does not fit the network.
         """
         root = Path(bundle_root).resolve()
-        files = [config_file] if isinstance(config_file, str) else list(config_file or ["configs/inference.json"])
-        paths = [root / f for f in files]
+        files = [config_file] if isinstance(config_file, str) else list(config_file or ["inference.json"])
+        paths = config_files(root, *files)
         for p in paths:
             if not p.is_file():
                 raise GeneratorError(f"{p}: bundle config not found (is {root} a generator bundle?)")
@@ -341,9 +335,10 @@ class DiffusionGenerator:
                 f"{ckpt}: the network has {n_embed} class embeddings but class_names has {len(names)} classes "
                 f"({names}); expected {len(names) + 1} (the classes plus the null class)"
             )
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        if isinstance(state, Mapping) and "state_dict" in state:
-            state = state["state_dict"]
+        try:
+            state = load_state_dict(ckpt, "generator checkpoint")
+        except CheckpointError as err:
+            raise GeneratorError(str(err)) from None
         try:
             network.load_state_dict(state)
         except (RuntimeError, KeyError, TypeError) as err:

@@ -9,10 +9,15 @@ A target is one of:
   synthetic images to add to each named class (classes not named get none).
 
 Counts are taken from the real items (``synthetic`` false) of one split of a datalist (default: training).
+
+A plan of counts becomes one :class:`ImageTask` per image (:func:`plan_tasks`): image ``index`` of class ``c`` always
+gets the seed ``image_seed(seed, c, index)`` and the file ``images/<class>/synthetic_<class>_<index>_s<seed><suffix>``,
+so the same job always yields the same images and a larger target only adds images.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -25,7 +30,24 @@ from medicraft_monai.data.datalist import SPLITS, datalist_class_names
 from medicraft_monai.data.errors import EmptyDatasetError, OCTDataError, UnknownLabelError
 from medicraft_monai.data.keys import OCTKeys
 
-__all__ = ["Target", "parse_target", "plan_counts", "real_counts"]
+from .writers import FORMATS, check_format
+
+__all__ = [
+    "IMAGES_DIR",
+    "ImageTask",
+    "Target",
+    "image_seed",
+    "parse_target",
+    "plan_counts",
+    "plan_tasks",
+    "real_counts",
+    "safe_class_name",
+]
+
+IMAGES_DIR = "images"
+"""Folder (under a job's output folder) holding one sub-folder of synthetic images per class."""
+
+SEED_RANGE = 2**53  # seeds stay exact in JSON readers that use doubles
 
 _MULTIPLY = re.compile(r"^\s*(?:multiply\s*[:=]\s*|x\s*)?(?P<n>[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*$", re.I)
 
@@ -177,3 +199,69 @@ def plan_counts(
         if missing:
             raise UnknownLabelError(None, f"the generator does not know class(es) {missing}; it was trained on {known}")
     return plan
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the plan as tasks: one per image
+# --------------------------------------------------------------------------------------------------------------------
+def safe_class_name(name: str) -> str:
+    """A class name as it appears in folder and file names (letters, digits, ``_`` and ``-``)."""
+    safe = re.sub(r"[^A-Za-z0-9_-]+", "-", str(name)).strip("-")
+    return safe or "class"
+
+
+def image_seed(base_seed: int, class_name: str, index: int, attempt: int = 0) -> int:
+    """The seed of image ``index`` of ``class_name`` in a job with seed ``base_seed`` (in [0, 2**53))."""
+    text = f"medicraft-multiply:{int(base_seed)}:{class_name}:{int(index)}"
+    if attempt:
+        text += f":{attempt}"
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") % SEED_RANGE
+
+
+@dataclass(frozen=True)
+class ImageTask:
+    """One synthetic image to make.
+
+    Attributes:
+        class_name: the class.
+        label: its index in the label order.
+        index: the image's number within its class (0, 1, ...).
+        seed: its sampling seed.
+        relpath: where it goes, relative to the output folder (posix).
+    """
+
+    class_name: str
+    label: int
+    index: int
+    seed: int
+    relpath: str
+
+
+def plan_tasks(
+    plan: Mapping[str, int], class_names: Sequence[str], base_seed: int = 0, fmt: str = "png"
+) -> list[ImageTask]:
+    """The images a plan asks for, in label order then index order (the same plan always gives the same list).
+
+    Args:
+        plan: images to make per class (from :func:`plan_counts`).
+        class_names: the class names in label order (give each task its label).
+        base_seed: the job's seed.
+        fmt: output format (decides the suffix).
+    """
+    suffix = FORMATS[check_format(fmt, 8)[0]]
+    safe = {c: safe_class_name(c) for c in class_names}
+    clash = [c for c in class_names if list(safe.values()).count(safe[c]) > 1]
+    if clash:
+        raise ValueError(f"class names {clash} give the same file name; rename the classes")
+    tasks: list[ImageTask] = []
+    for label, name in enumerate(class_names):
+        seen: set[int] = set()
+        for index in range(int(plan.get(name, 0))):
+            attempt, seed = 0, image_seed(base_seed, name, index)
+            while seed in seen:  # never two images of a class from the same seed
+                attempt += 1
+                seed = image_seed(base_seed, name, index, attempt)
+            seen.add(seed)
+            stem = f"synthetic_{safe[name]}_{index:06d}_s{seed}"
+            tasks.append(ImageTask(name, label, index, seed, f"{IMAGES_DIR}/{safe[name]}/{stem}{suffix}"))
+    return tasks

@@ -4,43 +4,34 @@ Files are ``<output_dir>/<class>/synthetic_<class>_seed<seed>.png`` (8- or 16-bi
 provenance (model checksum, class, seed, sampler, steps, guidance) in a PNG text chunk, so a file is clearly
 synthetic by its name and by its content. Image ``i`` of every class uses seed ``seed + i``: the same seed and class
 always give the same image, whatever the batch size, and the same seed across classes shows what the class changes
-in an image drawn from the same noise. (Dataset multiplication, :mod:`medicraft_monai.synthesis.multiply`, uses
-its own per-class seeds and writes a manifest and datalists.)
+in an image drawn from the same noise. Each batch is sampled and written by the one synthesis job
+(:meth:`~medicraft_monai.synthesis.job.SynthesisJob.write_batch`); dataset multiplication
+(:mod:`medicraft_monai.synthesis.multiply`) runs the whole job, with its own per-class seeds, a manifest and
+datalists.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import re
 from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tqdm import tqdm
 
-from medicraft_monai.data.io import write_bscan_png
+from .job import SynthesisJob
+from .plan import ImageTask, safe_class_name
 
 __all__ = ["sample_to_folder", "synthetic_png_path"]
 
 logger = logging.getLogger(__name__)
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]+", "-", str(name)).strip("-") or "class"
-
-
 def synthetic_png_path(output_dir: str | PathLike, class_name: str, seed: int) -> Path:
     """Where :func:`sample_to_folder` writes the image of ``class_name`` drawn with ``seed``."""
-    safe = _safe(class_name)
+    safe = safe_class_name(class_name)
     return Path(output_dir) / safe / f"synthetic_{safe}_seed{int(seed)}.png"
-
-
-def _to_uint(image01: np.ndarray, bit_depth: int) -> np.ndarray:
-    top = (1 << bit_depth) - 1
-    return np.round(np.clip(image01, 0.0, 1.0) * top).astype(np.uint8 if bit_depth == 8 else np.uint16)
 
 
 def sample_to_folder(
@@ -83,26 +74,28 @@ def sample_to_folder(
     if bit_depth not in (8, 16):
         raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
     names = [generator.class_names[generator.class_index(c)] for c in (classes or generator.class_names)]
-    jobs = [(name, int(seed) + i) for name in names for i in range(int(per_class))]
-    out = Path(output_dir)
-    steps = num_inference_steps or generator.num_inference_steps
-    guidance = generator.guidance_scale if guidance_scale is None else float(guidance_scale)
-    written: list[Path] = []
-    batches = [jobs[i : i + batch_size] for i in range(0, len(jobs), batch_size)]
-    for batch in tqdm(batches, desc="sampling batches", disable=not verbose):
-        images = generator.generate(
-            [c for c, _ in batch],
-            [s for _, s in batch],
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            verbose=verbose,
+    tasks = [
+        ImageTask(
+            name, generator.class_index(name), i, int(seed) + i, synthetic_png_path(".", name, int(seed) + i).as_posix()
         )
-        for (name, s), image in zip(batch, images):
-            path = synthetic_png_path(out, name, s)
-            provenance = {**generator.provenance(name, s, steps, guidance), "synthetic": True}
-            tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-            write_bscan_png(tmp, _to_uint(image[0], bit_depth), provenance=provenance)
-            os.replace(tmp, path)
-            written.append(path)
+        for name in names
+        for i in range(int(per_class))
+    ]
+    out = Path(output_dir)
+    job = SynthesisJob(
+        generator,
+        out,
+        steps=num_inference_steps,
+        guidance_scale=guidance_scale,
+        bit_depth=bit_depth,
+        job_seed=seed,
+        batch_size=batch_size,
+        name="medicraft-sample",
+        progress=verbose,
+    )
+    batches = [tasks[i : i + batch_size] for i in range(0, len(tasks), batch_size)]
+    for batch in tqdm(batches, desc="sampling batches", disable=not verbose):
+        job.write_batch(batch)
+    written = [out / t.relpath for t in tasks]
     logger.info("wrote %d synthetic image(s) of %d class(es) under %s", len(written), len(names), out)
     return written

@@ -1,7 +1,7 @@
 """Atomic writers for synthetic B-scans: PNG (8/16-bit), NIfTI and single-frame DICOM Ophthalmic Tomography.
 
-Each file is written under a hidden temporary name in its final folder (``.<stem>.tmp<pid><suffix>``), flushed
-to disk and then renamed into place with :func:`os.replace`, so a crash never leaves a half-written file under a
+Each file is written by :func:`medicraft_monai.utils.atomic_write` under a hidden temporary name in its final folder
+(``.<stem>.tmp<pid><suffix>``), flushed to disk and then renamed into place, so a crash never leaves a half-written file under a
 final name. Leftover temporary files are recognised by :data:`TMP_PATTERN` and removed by the next run.
 
 Every file records how it was made: the provenance (model checksum, class, seed, sampler, steps, guidance) goes
@@ -21,12 +21,13 @@ from typing import Any
 
 import numpy as np
 
+from medicraft_monai.utils import atomic_write
+
 __all__ = [
     "FORMATS",
     "TMP_PATTERN",
     "check_format",
     "final_name_of_tmp",
-    "fsync_dir",
     "to_uint",
     "write_atomic",
     "write_synthetic_image",
@@ -61,10 +62,17 @@ def to_uint(image01: np.ndarray, bit_depth: int) -> np.ndarray:
     return np.round(np.clip(np.asarray(image01, dtype=np.float32), 0.0, 1.0) * top).astype(dtype)
 
 
+_UTILS_TMP_PATTERN = re.compile(r"^\.(?P<name>.+)\.tmp\d+(?:\.[^.]*)?$")
+"""The temporary name of :func:`medicraft_monai.utils.atomic_write` (``.<name>.tmp<pid><suffix>``)."""
+
+
 def final_name_of_tmp(name: str) -> str | None:
     """The final file name a temporary file stands for, or None when ``name`` is not a temporary file."""
     m = TMP_PATTERN.match(name)
-    return None if m is None else m.group("stem") + m.group("suffix")
+    if m is not None:
+        return m.group("stem") + m.group("suffix")
+    m = _UTILS_TMP_PATTERN.match(name)
+    return None if m is None else m.group("name")
 
 
 def _tmp_path(path: Path) -> Path:
@@ -79,37 +87,9 @@ def _tmp_path(path: Path) -> Path:
     return path.with_name(f".{stem}.tmp{os.getpid()}{suffix}")
 
 
-def fsync_dir(folder: str | PathLike) -> None:
-    """Flush a folder's entries (renames) to disk; a no-op where folders cannot be opened (Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_atomic(path: str | PathLike, write: Callable[[Path], Any]) -> Path:
-    """Call ``write(tmp_path)``, flush the temporary file to disk and rename it to ``path``.
-
-    The temporary file lives in the same folder (so the rename is atomic) and is removed if ``write`` fails.
-    """
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(out)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return out
+    """:func:`~medicraft_monai.utils.atomic_write` under a temporary name :data:`TMP_PATTERN` recognises."""
+    return atomic_write(path, write, tmp_path=_tmp_path(Path(path)))
 
 
 def _write_png(path: Path, pixels: np.ndarray, provenance: Mapping[str, Any], **_: Any) -> None:

@@ -10,6 +10,7 @@ from medicraft_monai.utils.files import (
     file_sha256,
     fsync_dir,
     save_torch_atomic,
+    write_csv_atomic,
     write_json_atomic,
     write_text_atomic,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "fsync_dir",
     "save_torch_atomic",
     "to_jsonable",
+    "write_csv_atomic",
     "write_json_atomic",
     "write_text_atomic",
 ]

@@ -7,15 +7,25 @@ existed before is replaced only once the new one is complete.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "file_sha256", "fsync_dir", "save_torch_atomic", "write_json_atomic", "write_text_atomic"]
+__all__ = [
+    "atomic_write",
+    "file_sha256",
+    "fsync_dir",
+    "save_torch_atomic",
+    "write_csv_atomic",
+    "write_json_atomic",
+    "write_text_atomic",
+]
 
 
 def fsync_dir(folder: str | PathLike) -> None:
@@ -79,6 +89,16 @@ def write_json_atomic(path: str | PathLike, obj: Any, *, indent: int | None = 2,
     from medicraft_monai.utils.jsonable import to_jsonable
 
     return write_text_atomic(path, json.dumps(to_jsonable(obj), indent=indent, sort_keys=sort_keys) + "\n")
+
+
+def write_csv_atomic(path: str | PathLike, rows: Iterable[Mapping[str, Any]], fieldnames: Sequence[str]) -> Path:
+    """Write ``rows`` as CSV (one column per field, missing keys and ``None`` empty) atomically."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(fieldnames), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in fieldnames})
+    return write_text_atomic(path, buf.getvalue())
 
 
 def save_torch_atomic(obj: Any, path: str | PathLike) -> Path:

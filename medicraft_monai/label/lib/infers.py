@@ -29,9 +29,11 @@ from monai.transforms import Compose
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from medicraft_monai.synthesis.generator import DiffusionGenerator, GeneratorError, file_sha256
-from medicraft_monai.synthesis.multiply import safe_class_name
-from medicraft_monai.synthesis.writers import write_synthetic_image
+from medicraft_monai.bundles import config_files
+from medicraft_monai.synthesis.generator import DiffusionGenerator, GeneratorError
+from medicraft_monai.synthesis.job import SynthesisJob
+from medicraft_monai.synthesis.plan import ImageTask, safe_class_name
+from medicraft_monai.utils import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -198,50 +200,66 @@ class SynthesizeTask(BasicInferTask):
         }
 
     def run_inferer(self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cpu") -> dict[str, Any]:
+        """Sample and write the requested images into a temporary folder with the one synthesis job (one batch)."""
+        created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         with self._lock:
             gen = self._current()
             p = self._params(data, gen)
             seeds = [p["seed"] + i for i in range(p["count"])]
-            with torch.no_grad():
-                images = gen.generate(
-                    [p["class_name"]] * len(seeds),
-                    seeds,
-                    num_inference_steps=p["steps"],
-                    guidance_scale=p["guidance_scale"],
-                )
-            data["pred"] = images
-            data["synthesis"] = {**p, "seeds": seeds}
-            data["provenance"] = [
-                {
-                    **gen.provenance(p["class_name"], s, p["steps"], p["guidance_scale"]),
+            label = gen.class_names.index(p["class_name"])
+            folder = Path(tempfile.mkdtemp(prefix="medicraft_synth_"))
+            job = SynthesisJob(
+                gen,
+                folder,
+                steps=p["steps"],
+                guidance_scale=p["guidance_scale"],
+                job_seed=p["seed"],
+                batch_size=len(seeds),
+                name="medicraft-label",
+                provenance_extra={
                     "class_names": list(gen.class_names),
-                    "label": gen.class_names.index(p["class_name"]),
+                    "label": label,
                     "bundle_root": str(gen.bundle_root),
-                }
-                for s in seeds
+                    "created": created,
+                },
+                progress=False,
+            )
+            tasks = [
+                ImageTask(
+                    p["class_name"],
+                    label,
+                    i,
+                    seed,
+                    f"{synthetic_image_id(p['class_name'], seed, gen.checksum, job.steps, job.guidance_scale, gen.sampler)}.png",
+                )  # fmt: skip
+                for i, seed in enumerate(seeds)
             ]
+            try:
+                data["records"] = job.write_batch(tasks)
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+            data["folder"] = str(folder)
+            data["provenance"] = [job.provenance(t) for t in tasks]
+            data["synthesis"] = {**p, "seeds": seeds}
         return data
 
     def writer(self, data: Mapping[str, Any], extension: str | None = None, dtype: Any = None) -> tuple[str, dict]:
-        created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        """Register the written images as unreviewed images of the datastore; answer the first one's PNG."""
+        folder = Path(data["folder"])
         ids, records, result_file = [], [], None
-        tmpdir = Path(tempfile.mkdtemp(prefix="medicraft_synth_"))
         try:
-            for image, prov in zip(data["pred"], data["provenance"]):
-                prov = {**prov, "created": created}
-                image_id = synthetic_image_id(
-                    prov["class_name"], prov["seed"], prov["model_sha256"], prov["steps"], prov["guidance_scale"],
-                    prov["sampler"],
-                )  # fmt: skip
-                path = write_synthetic_image(tmpdir / f"{image_id}.png", image, "png", 8, provenance=prov)
+            for rec, prov in zip(data["records"], data["provenance"]):
+                path = folder / rec["path"]
+                image_id = path.name[: -len(".png")]
                 info = {
                     "synthetic": True,
                     "class_name": prov["class_name"],
                     "label": prov["label"],
                     "provenance": prov,
-                    "sha256": file_sha256(path),
-                    "height": int(np.asarray(image).shape[-2]),
-                    "width": int(np.asarray(image).shape[-1]),
+                    "sha256": rec["sha256"],
+                    "height": rec["height"],
+                    "width": rec["width"],
                 }
                 if self.datastore.has_image(image_id):
                     logger.info("%s exists already (same model, class, seed and settings): kept", image_id)
@@ -254,7 +272,7 @@ class SynthesizeTask(BasicInferTask):
                     os.close(fd)
                     shutil.copyfile(path, result_file)
         finally:
-            shutil.rmtree(tmpdir, ignore_errors=True)
+            shutil.rmtree(folder, ignore_errors=True)
         return result_file, {"images": ids, "image": ids[0], "records": records, **data["synthesis"]}
 
 
@@ -284,7 +302,7 @@ class ClassifyTask(BasicInferTask):
         if not config.is_file():
             raise GeneratorError(f"{config}: classifier bundle config not found")
         parser = ConfigParser()
-        parser.read_config(str(config))
+        parser.read_config([str(p) for p in config_files(root, "inference.json")])
         parser["bundle_root"] = str(root)
         parser["device"] = f"$torch.device('{device}')"
         for key, value in (overrides or {}).items():

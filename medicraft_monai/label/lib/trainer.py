@@ -20,10 +20,11 @@ from typing import Any
 from fastapi import HTTPException
 from monailabel.interfaces.tasks.train import TrainTask
 
+from medicraft_monai.bundles import config_files
 from medicraft_monai.label.export import accepted_items, load_reviews
 from medicraft_monai.label.finetune import build_finetune_datalist, imports_override, network_override
 from medicraft_monai.label.lib.infers import CURRENT_GENERATOR, current_generator_ckpt
-from medicraft_monai.synthesis.generator import file_sha256
+from medicraft_monai.utils import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ class FinetuneGenerator(TrainTask):
             from monai.bundle import ConfigParser
 
             parser = ConfigParser()
-            parser.read_config(str(self.bundle_root / "configs" / "inference.json"))
+            parser.read_config([str(p) for p in config_files(self.bundle_root, "inference.json")])
             parser["bundle_root"] = str(self.bundle_root)
             ckpt = Path(parser.get_parsed_content("ckpt_path"))
         return Path(ckpt)
@@ -122,13 +123,13 @@ class FinetuneGenerator(TrainTask):
         start = self._start_ckpt()
         cmd = [
             sys.executable, "-m", "monai.bundle", "run",
-            "--config_file", str(self.bundle_root / "configs" / "train.json"),
+            "--config_file", repr([str(p) for p in config_files(self.bundle_root, "train.json")]),
             "--bundle_root", str(self.bundle_root),
             "--datalist", str(datalist),
             "--ckpt_dir", str(run_dir / "models"),
             "--log_dir", str(run_dir / "logs"),
             "--network", network_override(start),
-            "--imports", repr(imports_override(self.bundle_root / "configs" / "train.json")),
+            "--imports", repr(imports_override(*config_files(self.bundle_root, "train.json"))),
         ]  # fmt: skip
         for key, value in overrides.items():
             cmd += [f"--{key}", value if isinstance(value, str) else repr(value)]  # parsed by fire as literals
