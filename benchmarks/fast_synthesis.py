@@ -40,7 +40,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -375,7 +374,7 @@ def training_part(args, device) -> dict[str, Any]:
     from monai.transforms import Compose, RandFlipd, Resized, ScaleIntensityRanged
 
     from medicraft_monai.data.phantom import OCTPhantom, PhantomConfig
-    from medicraft_monai.inferers import ClassConditionedDiffusionInferer
+    from medicraft_monai.inferers import ClassConditionedDiffusionInferer, autocast_context
     from medicraft_monai.schedulers import make_scheduler
 
     size = (args.height, args.width)
@@ -407,7 +406,7 @@ def training_part(args, device) -> dict[str, Any]:
         unet = unet.to(memory_format=torch.channels_last)
     inferer = ClassConditionedDiffusionInferer(make_scheduler("ddpm", 1000), null_class=NUM_CLASSES)
     opt = torch.optim.Adam(unet.parameters(), lr=1e-4)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+    autocast = autocast_context(device, torch.bfloat16 if amp else None)
 
     def train_step(batch):
         x = batch["image"].to(device)

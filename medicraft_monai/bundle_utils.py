@@ -4,9 +4,8 @@ Configs refer to them as ``$medicraft_monai.bundle_utils.<name>(...)`` or ``{"_t
 
 - switches: :func:`flag` (``--resume true`` and ``--resume True`` both mean True on the command line);
 - data: :func:`check_datalist_classes` (the datalist's classes must be the bundle's ``class_names``);
-- training: :class:`AutocastInferer` (bf16 autocast on CPU, which MONAI's trainer cannot do),
-  :func:`latest_checkpoint` (``resume``), :class:`EMAWarmupSync` (EMA warm-up continues after a resume),
-  :class:`FixedSeedHandler` (comparable validation losses), :class:`ProgressBarHandler`, :func:`bf16_is_fast`;
+- training: :func:`latest_checkpoint` (``resume``), :class:`EMAWarmupSync` (EMA warm-up continues after a resume),
+  :class:`FixedSeedHandler` (comparable validation losses), :class:`ProgressBarHandler`;
 - sampling: :func:`build_generator` (a :class:`~medicraft_monai.synthesis.generator.DiffusionGenerator` from the
   components an ``inference.json`` already defines, CLI overrides included);
 - checks: :func:`example_network_inputs` and :func:`verify_bundle_network` (``verify_net_in_out`` with the
@@ -29,18 +28,15 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
-from monai.inferers import Inferer
 
 from medicraft_monai.data.datalist import read_datalist_json
 from medicraft_monai.data.errors import EmptyDatasetError, UnknownLabelError
 from medicraft_monai.data.keys import OCTKeys
 
 __all__ = [
-    "AutocastInferer",
     "EMAWarmupSync",
     "FixedSeedHandler",
     "ProgressBarHandler",
-    "bf16_is_fast",
     "build_generator",
     "check_datalist_classes",
     "example_network_inputs",
@@ -156,56 +152,6 @@ def check_datalist_classes(
 # --------------------------------------------------------------------------------------------------------------------
 # training
 # --------------------------------------------------------------------------------------------------------------------
-def bf16_is_fast(device: str | torch.device = "cpu") -> bool:
-    """Whether bf16 autocast is likely to speed up ``device``: a CUDA GPU with bf16, or a CPU with AMX/AVX512-BF16.
-
-    Without native bf16 instructions a CPU emulates bf16 and autocast makes training slower, so it stays off.
-    """
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    if dev.type != "cpu":
-        return False
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = set(f.read().split())
-    except OSError:
-        return False
-    return bool(flags & {"amx_bf16", "avx512_bf16"})
-
-
-class AutocastInferer(Inferer):
-    """Run another inferer's forward pass under ``torch.autocast`` and return a float32 result.
-
-    MONAI 1.6's ``SupervisedTrainer``/``SupervisedEvaluator`` autocast only on CUDA (``torch.autocast("cuda")``
-    with a CUDA ``GradScaler``), so ``amp=True`` does nothing for a CPU network. Wrapping the training inferer in
-    this class gives bf16 mixed precision on CPU (about 2x faster training on CPUs with AMX): weights, gradients,
-    optimizer state and the loss stay float32; only the network's matrix products run in bf16.
-
-    Args:
-        inferer: the inferer to wrap (its ``__call__`` is the training/validation forward pass).
-        enabled: autocast on or off (off: a plain pass-through).
-        dtype: autocast dtype name or ``torch.dtype``.
-        device_type: the autocast device type ("cpu"; CUDA autocast is the trainer's ``amp``).
-    """
-
-    def __init__(
-        self, inferer: Inferer, enabled: bool = True, dtype: str | torch.dtype = "bfloat16", device_type: str = "cpu"
-    ) -> None:
-        super().__init__()
-        self.inferer = inferer
-        self.enabled = bool(enabled)
-        self.dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-        self.device_type = device_type
-
-    def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if not self.enabled:
-            return self.inferer(inputs, network, *args, **kwargs)
-        with torch.autocast(device_type=self.device_type, dtype=self.dtype):
-            out = self.inferer(inputs, network, *args, **kwargs)
-        return out.float()
-
-
 def _is_complete_checkpoint(path: Path) -> bool:
     """A torch checkpoint (a zip archive) whose write finished: a killed write leaves no central directory."""
     try:
@@ -450,7 +396,7 @@ def verify_bundle_network(
         bundle_root: the bundle folder.
         ckpt_path: weights to load (a state dict), or ``None``.
         export_path: where to write the TorchScript file (default: a temporary file that is removed).
-        config_file, meta_file: relative to ``bundle_root``.
+        config_file, meta_file: relative to ``bundle_root`` (``config_file`` on top of ``configs/common.json``).
         net_id: the network's config id.
         overrides: config overrides (for example a smaller network for tests).
         check_spatial_shape: spatial shape of the trace and the second comparison (default: half the metadata's).
@@ -465,22 +411,24 @@ def verify_bundle_network(
     from monai.bundle import ConfigParser, verify_net_in_out
     from monai.data import load_net_with_metadata, save_net_with_metadata
 
+    from medicraft_monai.bundles import config_files
+
     root = Path(bundle_root)
-    cfg, meta = root / config_file, root / meta_file
+    cfg, meta = [str(p) for p in config_files(root, config_file)], root / meta_file
     metadata = ConfigParser.load_config_file(meta)
     fmt = metadata["network_data_format"]
     extra = {k: v.to(device) for k, v in example_network_inputs(fmt).items() if k != "image"}
     verify_net_in_out(
         net_id=net_id,
         meta_file=str(meta),
-        config_file=str(cfg),
+        config_file=cfg,
         device=device,
         extra_forward_args=extra,
         **dict(overrides or {}),
     )
 
     parser = ConfigParser()
-    parser.read_config(str(cfg))
+    parser.read_config(cfg)
     parser["bundle_root"] = str(root)
     for key, value in (overrides or {}).items():
         parser[key] = value

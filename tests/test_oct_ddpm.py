@@ -25,7 +25,6 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from medicraft_monai.bundle_utils import (
-    AutocastInferer,
     EMAWarmupSync,
     FixedSeedHandler,
     check_datalist_classes,
@@ -412,17 +411,3 @@ def test_ema_warmup_continues_at_the_restored_iteration() -> None:
     # linear warm-up from 0.5 to 0.001 over 101 iterations: iteration 51 is half way
     assert momentum_after_resume(sync=True) == pytest.approx(0.5 + (0.001 - 0.5) * 50 / 100)
     assert momentum_after_resume(sync=False) == pytest.approx(0.5), "without the sync the warm-up restarts"
-
-
-def test_autocast_inferer_computes_in_bf16_and_returns_float32() -> None:
-    seen: list[torch.dtype] = []
-    net = torch.nn.Linear(8, 8)
-    net.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
-
-    def inferer(inputs, network):
-        return network(inputs)
-
-    x = torch.randn(4, 8)
-    assert AutocastInferer(inferer, enabled=True)(x, net).dtype == torch.float32
-    assert AutocastInferer(inferer, enabled=False)(x, net).dtype == torch.float32
-    assert seen == [torch.bfloat16, torch.float32]

@@ -12,7 +12,6 @@ it was drawn in.
 
 from __future__ import annotations
 
-import contextlib
 import weakref
 from collections.abc import Sequence
 
@@ -20,6 +19,8 @@ import torch
 from monai.inferers import DiffusionInferer
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
 from monai.utils import optional_import
+
+from medicraft_monai.inferers.autocast import autocast_context, autocast_dtype
 
 tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
 
@@ -71,7 +72,7 @@ class ClassConditionedDiffusionInferer(DiffusionInferer):
         super().__init__(scheduler)
         self.null_class = null_class
         self.guidance_scale = float(guidance_scale)
-        self.amp_dtype = getattr(torch, amp_dtype) if isinstance(amp_dtype, str) else amp_dtype
+        self.amp_dtype = autocast_dtype(amp_dtype)
         self.channels_last = channels_last
         self.compile_model = bool(compile_model)
         self.compile_mode = compile_mode
@@ -109,11 +110,6 @@ class ClassConditionedDiffusionInferer(DiffusionInferer):
         noisy = self.scheduler.add_noise(original_samples=inputs, noise=noise, timesteps=timesteps)
         return diffusion_model(x=noisy, timesteps=timesteps, class_labels=class_labels)
 
-    def _autocast(self, device: torch.device):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=self.amp_dtype)
-
     def predict(
         self,
         diffusion_model: torch.nn.Module,
@@ -132,7 +128,7 @@ class ClassConditionedDiffusionInferer(DiffusionInferer):
         if self.channels_last:
             x_in = x_in.contiguous(memory_format=torch.channels_last)
         timesteps = torch.full((x_in.shape[0],), int(t), device=x.device, dtype=torch.long)
-        with self._autocast(x.device):
+        with autocast_context(x.device, self.amp_dtype):
             out = self.compiled(diffusion_model)(x=x_in, timesteps=timesteps, class_labels=labels).to(x.dtype)
         if guided:
             cond, uncond = out.chunk(2)
