@@ -83,6 +83,8 @@ GENERATOR_KEYS = [
     "num_inference_steps",
     "guidance_scale",
 ]
+#: the file every other config of a bundle is layered on (``--config_file "['configs/common.json', ...]"``)
+COMMON = "common.json"
 #: model-zoo overlays: these files are run on top of train.json
 OVERLAYS = {"multi_gpu_train.json": "train.json", "evaluate.json": "train.json"}
 
@@ -100,6 +102,8 @@ def _parser(bundle: Path, name: str) -> ConfigParser:
     files = [bundle / "configs" / name]
     if name in OVERLAYS and (bundle / "configs" / OVERLAYS[name]).is_file():
         files.insert(0, bundle / "configs" / OVERLAYS[name])
+    if name != COMMON and (bundle / "configs" / COMMON).is_file():
+        files.insert(0, bundle / "configs" / COMMON)
     parser = ConfigParser()
     parser.read_config([str(f) for f in files])
     parser.read_meta(str(bundle / "configs" / "metadata.json"))
@@ -153,7 +157,9 @@ def test_no_file_over_25_mb(bundle: Path) -> None:
 @pytest.mark.parametrize("bundle", BUNDLES, ids=IDS)
 def test_every_config_parses_and_its_references_exist(bundle: Path) -> None:
     names = sorted(p.name for p in (bundle / "configs").glob("*.json") if p.name != "metadata.json")
-    assert "inference.json" in names
+    assert "inference.json" in names and COMMON in names, f"{bundle.name}: inference.json layered on {COMMON}"
+    links = [p.name for p in (bundle / "configs").iterdir() if p.is_symlink()]
+    assert not links, f"{bundle.name}: symbolic links break in zip archives of a bundle: {links}"
     for name in names:
         parser = _parser(bundle, name)
         parser.parse(reset=True)  # resolves macros and relative ids; fails on malformed ones
@@ -164,6 +170,8 @@ def test_every_config_parses_and_its_references_exist(bundle: Path) -> None:
             wanted = EVALUATION_KEYS.get(name, ["run"])
         else:
             wanted = {"train.json": TRAIN_KEYS, "inference.json": INFERENCE_KEYS}.get(name, ["run"])
+        if name == COMMON:  # the shared components: no workflow of its own
+            wanted = ["bundle_root"]
         missing = [k for k in wanted if k not in parser]
         assert not missing, f"{bundle.name}/configs/{name}: missing keys {missing}"
     if _is_diffusion(bundle):

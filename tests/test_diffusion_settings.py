@@ -207,11 +207,11 @@ def _writer_in(parser: ConfigParser) -> object:
     return parser.get_parsed_content(f"train#handlers#{index}")
 
 
-@pytest.mark.parametrize("bundle, train", [("oct_ddpm", "train.json"), ("oct_ldm", "train_diffusion.json")])
+@pytest.mark.parametrize("bundle, train", [("oct_ddpm", "train.json"), ("oct_ldm", "train.json")])
 def test_training_writes_the_settings_inference_checks_and_only_on_the_main_process(bundle: str, train: str) -> None:
     configs = BUNDLES / bundle / "configs"
     parser = ConfigParser()
-    parser.read_config(str(configs / train))
+    parser.read_config([str(configs / "common.json"), str(configs / train)])
     parser["bundle_root"] = "/somewhere"
     writer = _writer_in(parser)
     assert isinstance(writer, DiffusionSettingsWriter)
@@ -226,12 +226,12 @@ def test_training_writes_the_settings_inference_checks_and_only_on_the_main_proc
     assert _writer_in(parser).resume is True
     # inference.json holds the same settings (with its own defaults, which must agree with training's)
     inference = ConfigParser()
-    inference.read_config(str(configs / "inference.json"))
+    inference.read_config([str(configs / "common.json"), str(configs / "inference.json")])
     assert inference.get_parsed_content("diffusion_settings") == writer.settings
     assert inference["generator"]["diffusion_settings"] == "@diffusion_settings"
     # other ranks of a multi-GPU run do not write
     parser = ConfigParser()
-    parser.read_config(str(configs / train))
+    parser.read_config([str(configs / "common.json"), str(configs / train)])
     parser["is_main_process"] = False
     assert _writer_in(parser) is None
 

@@ -147,7 +147,8 @@ def test_torchscript_export_matches_the_eager_network(trained: Path) -> None:
     ts = trained / "models" / "model.ts"
     cmd = [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(ts)]
     cmd += ["--ckpt_file", str(trained / "models" / "model.pt"), "--meta_file", str(CONFIGS / "metadata.json")]
-    cmd += ["--config_file", str(CONFIGS / "inference.json"), "--bundle_root", str(trained)]
+    cmd += ["--config_file", repr([str(CONFIGS / "common.json"), str(CONFIGS / "inference.json")])]
+    cmd += ["--bundle_root", str(trained)]
     cmd += cli_overrides({**TINY, "class_names": CLASSES})
     run(cmd)
     from monai.bundle import ConfigParser
@@ -156,7 +157,7 @@ def test_torchscript_export_matches_the_eager_network(trained: Path) -> None:
     scripted, meta, extra = load_net_with_metadata(str(ts))
     assert meta["version"] == json.loads((CONFIGS / "metadata.json").read_text())["version"]
     parser = ConfigParser()
-    parser.read_config(str(CONFIGS / "inference.json"))
+    parser.read_config([str(CONFIGS / "common.json"), str(CONFIGS / "inference.json")])
     for k, v in {**TINY, "class_names": CLASSES}.items():
         parser[k] = v
     eager = parser.get_parsed_content("network_def")

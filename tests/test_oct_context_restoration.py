@@ -62,10 +62,10 @@ def pretrained(datalist: Path, tmp_path_factory) -> dict:
     """Pretraining: one epoch, then ``--resume true`` continues from its checkpoint to a second epoch."""
     root = tmp_path_factory.mktemp("bundle")
     common = {"datalist": str(datalist), **TINY, **CORRUPTION, "ckpt_interval": 2, "log_interval": 1}
-    first = bundle(["pretrain.json"], root, **common, max_epochs=1)
+    first = bundle(["train.json"], root, **common, max_epochs=1)
     ckpt_dir = root / "models" / "pretrain_training"
     after_first = sorted(p.name for p in ckpt_dir.glob("*.pt"))
-    second = bundle(["pretrain.json"], root, **common, max_epochs=2, resume=True)
+    second = bundle(["train.json"], root, **common, max_epochs=2, resume=True)
     return {"root": root, "first": first, "second": second, "after_first": after_first, "common": common}
 
 
@@ -102,20 +102,24 @@ def test_pretraining_resumes_logs_ssim_and_pictures(pretrained: dict) -> None:
 def test_evaluate_inference_and_encoder_export(pretrained: dict, datalist: Path) -> None:
     root = pretrained["root"]
     common = {"bundle_root": str(root), "datalist": str(datalist), **TINY, **CORRUPTION}
-    bundle_run(config_file=[str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")], **common)
+    bundle_run(config_file=[str(CONFIGS / n) for n in ("common.json", "train.json", "evaluate.json")], **common)
     with open(root / "eval" / "metrics.csv") as f:
         rows = {r[0]: float(r[1]) for r in csv.reader(f) if len(r) == 2}
     assert {"val_ssim", "val_ms_ssim", "val_mse"} <= set(rows) and 0 < rows["val_ssim"] <= 1
     assert (root / "eval" / "before_after_epoch1.png").is_file()
 
-    bundle_run(config_file=str(CONFIGS / "inference.json"), split="test", **common)
+    bundle_run(config_file=[str(CONFIGS / n) for n in ("common.json", "inference.json")], split="test", **common)
     report = json.loads((root / "restoration" / "restoration_metrics.json").read_text())
     assert report["n_images"] == 8 and len(report["per_image"]) == 8
     assert 0 < report["ssim_corrupted"] < 1 and -1 <= report["ssim_restored"] <= 1
     grid = np.asarray(Image.open(root / "restoration" / "before_after.png"))
     assert grid.shape[0] > 3 * 128
 
-    bundle_run(config_file=str(CONFIGS / "export_encoder.json"), bundle_root=str(root), image_size=[32, 64])
+    bundle_run(
+        config_file=[str(CONFIGS / n) for n in ("common.json", "export_encoder.json")],
+        bundle_root=str(root),
+        image_size=[32, 64],
+    )
     encoder = torch.jit.load(str(root / "models" / "encoder.ts"))
     assert encoder(torch.rand(3, 1, 64, 128)).shape == (3, 16)
     assert load_encoder_meta(root / "models" / "encoder.ts")["feature_dim"] == 16
@@ -127,7 +131,7 @@ def test_classification_finetuning_loads_the_pretrained_encoder(pretrained: dict
     # before training: the network the config builds holds the pretrained encoder (and not without it)
     for ckpt, expect_equal in ((str(root / "models" / "model.pt"), True), ("", False)):
         parser = ConfigParser()
-        parser.read_config(str(CONFIGS / "finetune_classification.json"))
+        parser.read_config([str(CONFIGS / "common.json"), str(CONFIGS / "finetune_classification.json")])
         parser.update({"bundle_root": str(root), "datalist": str(datalist), **TINY, "pretrained_ckpt": ckpt})
         net = parser.get_parsed_content("network")
         w = net.encoder.down_2.convs.conv_0.conv.weight.detach().cpu()
@@ -180,9 +184,9 @@ def test_segmentation_finetuning_on_phantom_layers_and_lesions(pretrained: dict)
 
 
 def test_train_json_is_the_pretraining_config() -> None:
-    """``train.json`` (the model-zoo name) and ``pretrain.json`` are the same pretraining config, byte for byte."""
-    assert (CONFIGS / "train.json").read_bytes() == (CONFIGS / "pretrain.json").read_bytes()
+    """``train.json`` (the model-zoo name) is the pretraining config, and there is no second copy of it."""
+    assert not (CONFIGS / "pretrain.json").exists(), "one pretraining config: train.json"
     parser = ConfigParser()
-    parser.read_config(str(CONFIGS / "pretrain.json"))
+    parser.read_config([str(CONFIGS / "common.json"), str(CONFIGS / "train.json")])
     assert parser["network_def"]["_target_"] == "medicraft_monai.ssl.ContextRestorationNet"
     assert parser["loss"]["_target_"] == "torch.nn.MSELoss"

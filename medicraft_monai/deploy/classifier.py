@@ -58,6 +58,8 @@ CLASS_NAMES_ENV = "MEDICRAFT_CLASS_NAMES"
 """Environment variable with comma-separated class names that override the model's own."""
 
 CONFIG_EXTRA = "inference.json"
+COMMON_EXTRA = "common.json"
+"""The bundle config ``inference.json`` is layered on (``ckpt_export --config_file "['configs/common.json', ...]"``)."""
 MODEL_SUFFIXES = (".ts", ".pt", ".pth", ".zip")
 
 
@@ -179,13 +181,15 @@ class TorchScriptClassifier:
         )
         try:
             network, metadata, extra = load_net_with_metadata(
-                str(path), map_location=dev, more_extra_files=[CONFIG_EXTRA]
+                str(path), map_location=dev, more_extra_files=[COMMON_EXTRA, CONFIG_EXTRA]
             )
         except Exception as err:  # noqa: BLE001 - torch raises many types for a file that is not TorchScript
             raise ClassifierModelError(f"{path}: not a TorchScript model ({type(err).__name__}: {err})") from err
         network.eval()
-        raw = extra.get(CONFIG_EXTRA) or ""
-        config: dict[str, Any] = json.loads(raw) if raw else {}
+        config: dict[str, Any] = {}
+        for name in (COMMON_EXTRA, CONFIG_EXTRA):  # inference.json on top of the common.json it is layered on
+            raw = extra.get(name) or ""
+            config.update(json.loads(raw) if raw else {})
         parser: ConfigParser | None = None
         if config:
             parser = ConfigParser(config)
