@@ -253,7 +253,7 @@ def evaluate_synthesis(
     _sample_grid(figures / "samples.png", class_names, x_train, y_train, x_synth, y_synth, s.grid_per_class)
 
     # -- utility -----------------------------------------------------------------------------------------------
-    from medicraft_monai.metrics.utility import ClassifierSettings
+    from medicraft_monai.evaluation.utility import ClassifierSettings
 
     clf = _classifier_settings(ClassifierSettings, s, image_size, device)
     if s.utility:
@@ -339,7 +339,7 @@ def _classifier_settings(cls: Any, s: EvaluationSettings, image_size: tuple[int,
     values.update(overrides)
     unknown = sorted(k for k in values if not hasattr(base, k))
     if unknown:
-        raise EvaluationError(f"unknown classifier setting(s) {unknown}; see medicraft_monai.metrics.utility")
+        raise EvaluationError(f"unknown classifier setting(s) {unknown}; see medicraft_monai.evaluation.utility")
     for key, value in values.items():
         setattr(base, key, value)
     if s.crop_height:
@@ -363,7 +363,7 @@ def _resolve_imbalance(
 
 
 def _utility(s, clf, class_names, train_items, test_items, synth_items, out: Path) -> dict[str, Any]:
-    from medicraft_monai.metrics.utility import utility_study
+    from medicraft_monai.evaluation.utility import utility_study
 
     return utility_study(
         train_items,
@@ -384,7 +384,7 @@ def _feature_extractor(s, clf, class_names, train_items, out: Path, device: torc
     spec = s.feature_extractor
     if spec not in (None, "", "auto"):
         return load_feature_extractor(spec), {"extractor": str(spec)}
-    from medicraft_monai.metrics.utility import train_classifier
+    from medicraft_monai.evaluation.utility import train_classifier
 
     folder = out / "feature_extractor"
     ckpt = folder / "model.pt"

@@ -32,7 +32,7 @@ class EvaluationSettings:
         utility_seeds: seeds of the utility study (mean and spread over them).
         imbalance: class -> fraction of its real training images kept for the augmentation experiment (minority
             classes subsampled on purpose); ``"auto"``: every class but the largest kept at 25%; ``None``: skip.
-        classifier: overrides of :class:`~medicraft_monai.metrics.utility.ClassifierSettings` (epochs, size, ...).
+        classifier: overrides of :class:`~medicraft_monai.evaluation.utility.ClassifierSettings` (epochs, size, ...).
         anatomy: run the anatomical plausibility checks.
         anatomy_profile: the scan protocol the checks assume: "phantom" (the built-in phantom's 12 mm radial lines)
             or "spectralis" (6 mm horizontal line scans through the fovea, such as the OCT2017 sample).

@@ -9,8 +9,9 @@ runs them all on a real and a synthetic datalist and writes the report.
 - :mod:`.diversity`: mean pairwise MS-SSIM within each class;
 - :mod:`.privacy`: the memorisation audit;
 - :mod:`.anatomy`: anatomical plausibility checks per B-scan and their validation on phantoms;
-- :mod:`.classification`: classification metrics and the ``oct_classifier`` bundle's helpers;
-- :mod:`.utility`: the TRTR/TSTR/TRTS utility study on the ``oct_classifier`` bundle.
+- :mod:`.classification`: classification metrics and the ``oct_classifier`` bundle's helpers.
+
+The studies that train classifiers (the TRTR/TSTR/TRTS utility study) are in :mod:`medicraft_monai.evaluation`.
 """
 
 from __future__ import annotations
@@ -22,17 +23,14 @@ from .features import FeatureExtractor, extract_features, load_feature_extractor
 from .fidelity import fidelity_report, frechet_distance, kernel_inception_distance, nearest_real_ssim, prdc
 from .images import evaluation_transform, load_images
 from .privacy import memorisation_audit, save_closest_pairs
-from .utility import ClassifierSettings, evaluate_classifier, train_classifier, utility_study
 
 __all__ = [
     "AnatomyChecker",
     "AnatomyResult",
-    "ClassifierSettings",
     "FeatureExtractor",
     "check_images",
     "classification_metrics",
     "diversity_by_class",
-    "evaluate_classifier",
     "evaluation_transform",
     "extract_features",
     "false_alarm_rate",
@@ -49,7 +47,5 @@ __all__ = [
     "save_closest_pairs",
     "save_confusion_matrix",
     "summarise",
-    "train_classifier",
-    "utility_study",
     "validate_on_phantom",
 ]

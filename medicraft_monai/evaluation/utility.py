@@ -1,4 +1,4 @@
-"""Utility of synthetic OCT data: does a classifier trained on it work on real images?
+"""The utility study of synthetic OCT data: does a classifier trained on it work on real images?
 
 The study trains the ``oct_classifier`` bundle (``bundles/oct_classifier``) in-process, through
 ``monai.bundle.ConfigWorkflow`` with overrides and temporary datalists, so it runs exactly the code a user runs with
@@ -38,8 +38,7 @@ from medicraft_monai.bundles import bundle_path, config_files
 from medicraft_monai.data.datalist import check_splits, write_datalist
 from medicraft_monai.data.errors import EmptyDatasetError, SplitLeakError
 from medicraft_monai.data.keys import OCTKeys
-
-from .classification import classification_items, save_confusion_matrix
+from medicraft_monai.metrics.classification import classification_items, save_confusion_matrix
 
 __all__ = [
     "EXPERIMENTS",

@@ -18,7 +18,7 @@ import pytest
 from medicraft_monai.data import build_datalist
 from medicraft_monai.data.errors import SplitLeakError, UnknownLabelError
 from medicraft_monai.data.phantom import PhantomConfig, write_phantom_dataset
-from medicraft_monai.metrics.utility import (
+from medicraft_monai.evaluation.utility import (
     SUMMARY_METRICS,
     ClassifierSettings,
     _subsample,
