@@ -34,8 +34,9 @@ from medicraft_monai.bundle_utils import (
 )
 from medicraft_monai.data import build_datalist, read_bscan, write_datalist
 from medicraft_monai.data.errors import EmptyDatasetError, OCTDataError, UnknownLabelError
-from medicraft_monai.synthesis import DiffusionGenerator, GeneratorError, file_sha256
+from medicraft_monai.synthesis import DiffusionGenerator, GeneratorError
 from medicraft_monai.synthesis.sample import sample_to_folder, synthetic_png_path
+from medicraft_monai.utils import file_sha256
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = REPO_ROOT / "bundles" / "oct_ddpm"

@@ -39,7 +39,7 @@ from monai.transforms import Compose, LoadImaged, MapTransform
 from medicraft_monai.data.dicom import collate_safe_meta
 from medicraft_monai.data.io import LoadOCTImaged
 from medicraft_monai.data.keys import OCTMetaKeys
-from medicraft_monai.synthesis.generator import file_sha256
+from medicraft_monai.utils import file_sha256
 
 from .inputs import InputFrame
 

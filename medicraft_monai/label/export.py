@@ -25,6 +25,8 @@ from medicraft_monai.data.datalist import SHA256_KEY, SPLITS, load_datalist, wri
 from medicraft_monai.data.errors import OCTDataError, UnknownLabelError
 from medicraft_monai.data.keys import OCTKeys
 from medicraft_monai.label.review import ANOMALY_TAGS, DECISION_RULES, decide
+from medicraft_monai.synthesis.job import synthetic_datalist_item
+from medicraft_monai.utils import write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -123,24 +125,18 @@ def accepted_items(
         if im["class_name"] not in names:
             raise UnknownLabelError(im["path"], f"class {im['class_name']!r} is not one of {names}")
         prov = im["provenance"]
-        pid = f"synthetic-{im['id']}"
         items.append(
-            {
-                OCTKeys.IMAGE: im["path"],
-                OCTKeys.LABEL: names.index(im["class_name"]),
-                OCTKeys.CLASS_NAME: im["class_name"],
-                OCTKeys.PATIENT_ID: pid,
-                OCTKeys.EXAM_ID: pid,
-                OCTKeys.PLANE_ANGLE: None,
-                OCTKeys.LATERALITY: "",
-                OCTKeys.FRAME: 0,
-                OCTKeys.SYNTHETIC: True,
-                SHA256_KEY: im["sha256"],
-                "seed": prov.get("seed"),
-                "model_sha256": prov.get("model_sha256", ""),
-                "provenance": prov,
-                "reviewers": [r["reviewer"] for r in im["reviews"]],
-            }
+            synthetic_datalist_item(
+                im["path"],
+                names.index(im["class_name"]),
+                im["class_name"],
+                f"synthetic-{im['id']}",
+                sha256=im["sha256"],
+                seed=prov.get("seed"),
+                model_sha256=prov.get("model_sha256", ""),
+                provenance=prov,
+                reviewers=[r["reviewer"] for r in im["reviews"]],
+            )
         )
     return items, names
 
@@ -403,9 +399,9 @@ def export_reviews(
         ],
     }
     json_path = out / REPORT_JSON
-    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    write_json_atomic(json_path, report)
     md_path = out / REPORT_MD
-    md_path.write_text(_markdown(report))
+    write_text_atomic(md_path, _markdown(report))
     return {"datalist": str(dl_path), "report_json": str(json_path), "report_md": str(md_path), "summary": summary}
 
 

@@ -2,7 +2,8 @@
 
 The generator bundle's own ``configs/train.json`` runs unchanged (``python -m monai.bundle run``); two overrides
 make it a fine-tuning run: ``--datalist`` (real training images plus the accepted synthetic ones) and ``--network``
-(the network with the current weights loaded by :func:`load_weights`, so the EMA copy starts from them too).
+(the network with the current weights loaded by the one checkpoint loader,
+:func:`medicraft_monai.networks.checkpoint.load_weights`, so the EMA copy starts from them too).
 """
 
 from __future__ import annotations
@@ -13,46 +14,30 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from medicraft_monai.data.datalist import SPLITS, check_splits, load_datalist, write_datalist
 from medicraft_monai.data.errors import OCTDataError, UnknownLabelError
 from medicraft_monai.data.keys import OCTKeys
 
-__all__ = ["build_finetune_datalist", "imports_override", "load_weights", "network_override"]
+__all__ = ["build_finetune_datalist", "imports_override", "network_override"]
 
 
-def load_weights(network: torch.nn.Module, ckpt_path: str | os.PathLike) -> torch.nn.Module:
-    """Load a state dict (plain, or under ``"model"``/``"state_dict"``) into ``network`` and return it.
-
-    Raises:
-        OCTDataError: a missing checkpoint or one that does not fit the network.
-    """
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise OCTDataError(path, "generator checkpoint to fine-tune from not found")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("model", "state_dict"):
-        if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
-            state = state[key]
-    try:
-        network.load_state_dict(state)
-    except RuntimeError as err:
-        raise OCTDataError(path, f"checkpoint does not fit the bundle's network ({err})") from None
-    return network
+_WHAT = "generator checkpoint to fine-tune from"
 
 
 def network_override(ckpt_path: str | os.PathLike) -> str:
     """The ``--network`` override for a bundle's train.json that starts from ``ckpt_path``."""
-    return f"$medicraft_monai.label.finetune.load_weights(@network_def, {str(Path(ckpt_path).resolve())!r}).to(@device)"
+    path = str(Path(ckpt_path).resolve())
+    return f"$medicraft_monai.networks.checkpoint.load_weights(@network_def, {path!r}, {_WHAT!r}).to(@device)"
 
 
-def imports_override(train_config: str | os.PathLike) -> list[str]:
-    """The bundle's ``imports`` plus this module (for the ``--imports`` override that :func:`network_override`
-    needs)."""
-    with open(train_config) as f:
-        imports = list(json.load(f).get("imports") or [])
-    line = "$import medicraft_monai.label.finetune"
+def imports_override(*train_configs: str | os.PathLike) -> list[str]:
+    """The ``imports`` of the bundle's training configs (``common.json`` and ``train.json``) plus this module (for
+    the checkpoint loader (for the ``--imports`` override that :func:`network_override` needs)."""
+    imports: list[str] = []
+    for config in train_configs:
+        with open(config) as f:
+            imports += [i for i in json.load(f).get("imports") or [] if i not in imports]
+    line = "$import medicraft_monai.networks.checkpoint"
     return imports if line in imports else [*imports, line]
 
 

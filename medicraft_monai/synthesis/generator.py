@@ -41,7 +41,7 @@ from monai.bundle import ConfigParser
 from medicraft_monai.bundles import config_files
 from medicraft_monai.inferers.conditional import seeded_noise
 from medicraft_monai.networks.checkpoint import CheckpointError, load_state_dict
-from medicraft_monai.utils import file_sha256
+from medicraft_monai.utils import file_sha256, to_jsonable
 
 __all__ = ["DIFFUSION_SETTINGS_FILE", "DiffusionGenerator", "GeneratorError", "check_diffusion_settings"]
 
@@ -158,25 +158,16 @@ def check_diffusion_settings(
         if len(differing) == 1:
             key = differing[0]
             trained_txt = f"{key}={recorded[key]!r}"
-            sampled_txt = repr(_jsonable_view(expected[key]))
+            sampled_txt = repr(to_jsonable(expected[key]))
         else:
             trained_txt = ", ".join(f"{k}={recorded[k]!r}" for k in differing)
-            sampled_txt = ", ".join(f"{k}={_jsonable_view(expected[k])!r}" for k in differing)
+            sampled_txt = ", ".join(f"{k}={to_jsonable(expected[k])!r}" for k in differing)
         fix = " ".join(f"--{k} {_cli_value(recorded[k])}" for k in differing)
         raise GeneratorError(
             f"{ckpt}: these weights were trained with {trained_txt} (see {path}) but the config {use} "
             f"{sampled_txt}; override {fix}"
         )
     return recorded
-
-
-def _jsonable_view(value: Any) -> Any:
-    """A config value shown like the recorded one (tuples and arrays as lists, numpy scalars as numbers)."""
-    if isinstance(value, (np.generic, torch.Tensor)) and np.ndim(value) == 0:
-        return value.item()
-    if isinstance(value, (tuple, list, np.ndarray, torch.Tensor)):
-        return [_jsonable_view(v) for v in value]
-    return value
 
 
 def _parsed_or_generator_error(parser: ConfigParser, key: str) -> Any:

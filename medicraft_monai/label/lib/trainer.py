@@ -7,7 +7,6 @@ log next to the run), starting from the weights in use, and publishes the result
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 import os
 import subprocess
@@ -24,7 +23,7 @@ from medicraft_monai.bundles import config_files
 from medicraft_monai.label.export import accepted_items, load_reviews
 from medicraft_monai.label.finetune import build_finetune_datalist, imports_override, network_override
 from medicraft_monai.label.lib.infers import CURRENT_GENERATOR, current_generator_ckpt
-from medicraft_monai.utils import file_sha256
+from medicraft_monai.utils import file_sha256, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -159,10 +158,9 @@ class FinetuneGenerator(TrainTask):
         result.update(model=str(model), model_sha256=file_sha256(model), published=publish, status="done")
         if publish:
             pointer = self.studies / CURRENT_GENERATOR
-            pointer.parent.mkdir(parents=True, exist_ok=True)
-            tmp = pointer.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"ckpt": str(model), "sha256": result["model_sha256"], "run": stamp}))
-            os.replace(tmp, pointer)
+            write_json_atomic(
+                pointer, {"ckpt": str(model), "sha256": result["model_sha256"], "run": stamp}, indent=None
+            )
         self._last = result
         logger.info("fine-tuning done: %s", result)
         return result
