@@ -1,18 +1,17 @@
-"""Engine pieces for ignite/MONAI workflows: prepare-batch callables and handlers (pixel and latent diffusion)."""
+"""Engine pieces for ignite/MONAI workflows: prepare-batch callables, iteration updates, losses and handlers (pixel and
+latent diffusion)."""
 
 from __future__ import annotations
 
 from .handlers import ClassSampleGridHandler, DiffusionSettingsWriter
 from .latent import (
     AutoencoderKLUpdate,
-    LatentCache,
     LatentInfoWriter,
     ReconstructionGridHandler,
     ReconstructionPrepareBatch,
-    SampleLatentd,
-    build_latent_cache,
     load_frozen_autoencoder,
 )
+from .losses import kl_loss
 from .prepare_batch import ClassConditionedPrepareBatch
 
 __all__ = [
@@ -20,11 +19,9 @@ __all__ = [
     "ClassConditionedPrepareBatch",
     "ClassSampleGridHandler",
     "DiffusionSettingsWriter",
-    "LatentCache",
     "LatentInfoWriter",
     "ReconstructionGridHandler",
     "ReconstructionPrepareBatch",
-    "SampleLatentd",
-    "build_latent_cache",
+    "kl_loss",
     "load_frozen_autoencoder",
 ]

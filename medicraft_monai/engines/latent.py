@@ -1,30 +1,25 @@
-"""Engine pieces for latent diffusion: the KL-autoencoder training step, its validation and image grids, and the
-latent cache of the diffusion stage.
+"""Engine pieces for latent diffusion: the KL-autoencoder training step, its validation, reconstruction grids, and
+the latent record (``latent.json``) of the diffusion stage.
 
 Stage 1 (autoencoder) runs on a MONAI ``SupervisedTrainer`` whose ``iteration_update`` is
-:class:`AutoencoderKLUpdate` (L1 reconstruction + KL, optionally a patch-adversarial loss after a warm-up), validated
-by a ``SupervisedEvaluator`` with :class:`ReconstructionPrepareBatch` and
-:class:`~medicraft_monai.inferers.latent.AutoencoderReconstructionInferer`, SSIM and MS-SSIM on images mapped to
-[0, 1] by :func:`unit_range_pair`. :class:`ReconstructionGridHandler` logs real and reconstructed images.
+:class:`AutoencoderKLUpdate` (L1 reconstruction + KL, :func:`~medicraft_monai.engines.losses.kl_loss`, optionally a
+patch-adversarial loss after a warm-up), validated by a ``SupervisedEvaluator`` with
+:class:`ReconstructionPrepareBatch` and :class:`~medicraft_monai.inferers.latent.AutoencoderReconstructionInferer`,
+SSIM and MS-SSIM on images mapped to [0, 1] by :func:`unit_range_pair`. :class:`ReconstructionGridHandler` logs real
+and reconstructed images.
 
-Stage 2 (diffusion) encodes its training images once with the frozen encoder (:func:`build_latent_cache`): the
-posterior mean and standard deviation of every image (and of its mirror image, for flip augmentation) are written to
-``latent_cache/`` under a key made of the autoencoder checkpoint's SHA-256, the datalist items and the preprocessing
-settings, and read back by every later run with the same key (a new autoencoder or other data make a new cache).
-:class:`SampleLatentd` draws a latent from the cached posterior per iteration, scaled by the cache's
-:attr:`LatentCache.scale_factor` (1 / standard deviation of the latents), which :class:`LatentInfoWriter` stores in
-``models/latent.json`` next to the diffusion weights for inference (:func:`read_latent_info`).
+Stage 2 (diffusion) loads the frozen autoencoder (:func:`load_frozen_autoencoder`), encodes its training images once
+(:func:`medicraft_monai.data.latent_cache.build_latent_cache`) and draws latents from the cached posteriors
+(:class:`medicraft_monai.transforms.SampleLatentd`), scaled by the cache's scale factor (1 / standard deviation of the
+latents), which :class:`LatentInfoWriter` stores in ``models/latent.json`` next to the diffusion weights for
+inference (:func:`read_latent_info`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
-import tempfile
-from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -32,24 +27,20 @@ from typing import Any
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
-from monai.config import KeysCollection
-from monai.transforms import MapTransform, Randomizable
-from tqdm import tqdm
 
+from medicraft_monai.data.latent_cache import LatentCache
+from medicraft_monai.engines.losses import kl_loss
 from medicraft_monai.inferers.autocast import autocast_context, autocast_dtype
+from medicraft_monai.networks.checkpoint import load_weights
+from medicraft_monai.utils import file_sha256, write_json_atomic
 from medicraft_monai.visualize import image_grid
 
 __all__ = [
-    "CACHE_VERSION",
     "AutoencoderKLUpdate",
-    "LatentCache",
     "LatentInfoWriter",
     "ReconstructionGridHandler",
     "ReconstructionPrepareBatch",
-    "SampleLatentd",
-    "build_latent_cache",
     "first_images",
-    "kl_loss",
     "load_frozen_autoencoder",
     "output_scalars",
     "read_latent_info",
@@ -58,14 +49,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: bump when the cache file layout changes (part of the cache key)
-CACHE_VERSION = 1
-
-
-def _sha256(path: str | PathLike) -> str:
-    from medicraft_monai.utils import file_sha256
-
-    return file_sha256(path)
+_TRAIN_STAGE_1 = (
+    "train stage 1 first (python -m monai.bundle run --config_file configs/train_autoencoder.json) or set "
+    "--autoencoder_ckpt_path"
+)
 
 
 def _unwrap(network: torch.nn.Module) -> torch.nn.Module:
@@ -76,12 +63,6 @@ def _unwrap(network: torch.nn.Module) -> torch.nn.Module:
 # --------------------------------------------------------------------------------------------------------------------
 # stage 1: the autoencoder
 # --------------------------------------------------------------------------------------------------------------------
-def kl_loss(z_mu: torch.Tensor, z_sigma: torch.Tensor) -> torch.Tensor:
-    """KL divergence of the diagonal Gaussian posterior from N(0, I): summed over latent elements, batch mean."""
-    kl = 0.5 * (z_mu.pow(2) + z_sigma.pow(2) - torch.log(z_sigma.pow(2).clamp_min(1e-12)) - 1.0)
-    return kl.flatten(1).sum(1).mean()
-
-
 class AutoencoderKLUpdate:
     """The ``iteration_update`` of a ``SupervisedTrainer`` that trains a MONAI ``AutoencoderKL``.
 
@@ -280,249 +261,26 @@ def load_frozen_autoencoder(
 ) -> torch.nn.Module:
     """Load trained autoencoder weights (a state dict, as stage 1 saves) and freeze the network (eval, no grads).
 
+    The weights are read by the one checkpoint loader, :func:`medicraft_monai.networks.checkpoint.load_weights`.
+
     Raises:
         FileNotFoundError: no checkpoint (train stage 1 first).
-        ValueError: a checkpoint that does not fit the network (the autoencoder settings differ from training).
+        CheckpointError: (a ``ValueError``) an unreadable checkpoint, or one that does not fit the network (the
+            autoencoder settings differ from training).
     """
     path = Path(ckpt_path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: autoencoder checkpoint not found; train stage 1 first "
-            "(python -m monai.bundle run --config_file configs/train_autoencoder.json) or set --autoencoder_ckpt_path"
-        )
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, Mapping) and "state_dict" in state:
-        state = state["state_dict"]
-    try:
-        network.load_state_dict(state)
-    except (RuntimeError, KeyError, TypeError) as err:
-        raise ValueError(f"{path}: checkpoint does not match the autoencoder settings (autoencoder_*): {err}") from err
+    if not path.is_file():  # a FileNotFoundError, which the generator reports as a GeneratorError
+        raise FileNotFoundError(f"{path}: autoencoder checkpoint not found; {_TRAIN_STAGE_1}")
+    load_weights(
+        network,
+        path,
+        "autoencoder checkpoint",
+        hint=_TRAIN_STAGE_1,
+        mismatch_hint="the autoencoder settings (autoencoder_*)",
+    )
     if device is not None:
         network.to(device)
     return network.eval().requires_grad_(False)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# stage 2: the latent cache
-# --------------------------------------------------------------------------------------------------------------------
-@dataclass
-class LatentCache:
-    """Posterior means and standard deviations of a split's images, encoded once by the frozen encoder.
-
-    Attributes:
-        path: the cache file.
-        key: the cache key (SHA-256 of the autoencoder checksum, the items and the settings).
-        autoencoder_sha256: SHA-256 of the autoencoder checkpoint that encoded them.
-        mu, sigma: (N, V, C, h, w) unscaled posterior mean and standard deviation; view 0 is the image, view 1 (when
-            flips were cached) its left-right mirror.
-        labels: (N,) class labels.
-        items: the image paths, in order.
-        encoded: True when this process encoded the images (False: read from an existing cache).
-    """
-
-    path: Path
-    key: str
-    autoencoder_sha256: str
-    mu: torch.Tensor
-    sigma: torch.Tensor
-    labels: torch.Tensor
-    items: list[str] = field(default_factory=list)
-    encoded: bool = False
-
-    def __len__(self) -> int:
-        return int(self.mu.shape[0])
-
-    @property
-    def scale_factor(self) -> float:
-        """1 / standard deviation of latents drawn from the cached posteriors (exact, no sampling needed).
-
-        ``Var(z) = E[mu^2 + sigma^2] - E[mu]^2`` over every element of every image and view.
-        """
-        mean = self.mu.double().mean()
-        second = (self.mu.double().pow(2) + self.sigma.double().pow(2)).mean()
-        std = float((second - mean.pow(2)).clamp_min(1e-12).sqrt())
-        return 1.0 / std
-
-    def records(self) -> list[dict[str, Any]]:
-        """One dict per image for a MONAI ``Dataset`` with :class:`SampleLatentd`: ``mu``, ``sigma``, ``label``."""
-        return [{"mu": self.mu[i], "sigma": self.sigma[i], "label": int(self.labels[i])} for i in range(len(self))]
-
-
-def _cache_key(autoencoder_sha256: str, items: list[tuple[str, int]], settings: Mapping[str, Any], flips: bool) -> str:
-    blob = json.dumps(
-        {
-            "version": CACHE_VERSION,
-            "autoencoder_sha256": autoencoder_sha256,
-            "items": items,
-            "settings": dict(settings),
-            "flips": bool(flips),
-        },
-        sort_keys=True,
-        default=str,
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def _save_atomic(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename: readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def build_latent_cache(
-    autoencoder: torch.nn.Module,
-    dataset: Any,
-    cache_dir: str | PathLike,
-    autoencoder_ckpt_path: str | PathLike,
-    split: str = "training",
-    flips: bool = True,
-    settings: Mapping[str, Any] | None = None,
-    batch_size: int = 8,
-    device: str | torch.device | None = None,
-    progress: bool = True,
-) -> LatentCache:
-    """Encode a split's images once with the frozen encoder, or read them from an earlier run's cache.
-
-    The cache file ``<cache_dir>/latents_<split>_<key[:16]>.pt`` is keyed by the SHA-256 of the autoencoder
-    checkpoint, the dataset items (image path and label) and ``settings`` (the preprocessing keys): a retrained
-    autoencoder, other images or other preprocessing make a new cache, and older caches of the split are removed.
-    The file is written atomically, so concurrent processes (multi-GPU training) cannot read a partial one.
-
-    Args:
-        autoencoder: the trained ``AutoencoderKL`` (weights already loaded, see :func:`load_frozen_autoencoder`).
-        dataset: a MONAI ``Dataset`` of the split with the *deterministic* preprocessing (``dataset.data`` are the
-            datalist items with ``image`` and ``label``).
-        cache_dir: folder of the cache files.
-        autoencoder_ckpt_path: the checkpoint the autoencoder was loaded from (its SHA-256 keys the cache).
-        split: the split's name (part of the file name).
-        flips: also encode the left-right mirror of every image (flip augmentation in latent space stays exact).
-        settings: preprocessing settings that change the images (image size, crop, intensity mode...).
-        batch_size: images encoded at once.
-        device: where to encode (default: the autoencoder's device).
-        progress: show a progress bar while encoding.
-
-    Raises:
-        ValueError: an empty dataset.
-    """
-    data = list(getattr(dataset, "data", []))
-    if not len(dataset):
-        raise ValueError(f"the {split!r} split is empty: nothing to encode")
-    items = [(str(it.get("image")), int(it.get("label", -1))) for it in data] if data else []
-    ae_sha = _sha256(autoencoder_ckpt_path)
-    key = _cache_key(ae_sha, items, settings or {}, flips)
-    root = Path(cache_dir)
-    path = root / f"latents_{split}_{key[:16]}.pt"
-    if path.is_file():
-        try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-            if blob.get("key") == key:
-                logger.info("latent cache: reusing %s (%d %s images)", path, blob["mu"].shape[0], split)
-                return LatentCache(
-                    path, key, ae_sha, blob["mu"], blob["sigma"], blob["labels"], list(blob["items"]), encoded=False
-                )
-        except Exception as err:  # an unreadable cache is rebuilt, never trusted
-            logger.warning("%s: unreadable latent cache (%s); encoding again", path, err)
-
-    model = _unwrap(autoencoder)
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.eval().to(dev)
-    mus, sigmas, labels = [], [], []
-    indices = range(0, len(dataset), max(1, int(batch_size)))
-    bar = tqdm(indices, desc=f"encoding {split} latents", disable=not progress, leave=False)
-    try:
-        with torch.inference_mode():
-            for start in bar:
-                batch = [dataset[i] for i in range(start, min(start + int(batch_size), len(dataset)))]
-                x = torch.stack([torch.as_tensor(b["image"]).float() for b in batch]).to(dev)
-                views = [x, torch.flip(x, dims=[-1])] if flips else [x]
-                encoded = [model.encode(v) for v in views]
-                mus.append(torch.stack([m.float().cpu() for m, _ in encoded], dim=1))
-                sigmas.append(torch.stack([s.float().cpu() for _, s in encoded], dim=1))
-                labels += [int(torch.as_tensor(b["label"]).reshape(-1)[0]) for b in batch]
-    finally:
-        model.train(was_training)
-    cache = LatentCache(
-        path,
-        key,
-        ae_sha,
-        torch.cat(mus),
-        torch.cat(sigmas),
-        torch.tensor(labels, dtype=torch.long),
-        [p for p, _ in items],
-        encoded=True,
-    )
-    for old in root.glob(f"latents_{split}_*.pt") if root.is_dir() else []:
-        if old != path:
-            old.unlink(missing_ok=True)
-    _save_atomic(
-        {
-            "key": key,
-            "autoencoder_sha256": ae_sha,
-            "mu": cache.mu,
-            "sigma": cache.sigma,
-            "labels": cache.labels,
-            "items": cache.items,
-        },
-        path,
-    )
-    logger.info("latent cache: encoded %d %s images (%d views) into %s", len(cache), split, cache.mu.shape[1], path)
-    return cache
-
-
-class SampleLatentd(Randomizable, MapTransform):
-    """Draw a training latent from a cached posterior: ``image = scale_factor * (mu + sigma * eps)``.
-
-    With ``flip_prob`` the mirrored view is used (when the cache holds it): the exact latent of the flipped image.
-
-    Args:
-        scale_factor: the latent scale factor (:attr:`LatentCache.scale_factor`).
-        flip_prob: probability of the mirrored view.
-        sample: draw from the posterior (True) or use its mean (False: deterministic, for validation).
-        mu_key, sigma_key, output_key: dictionary keys.
-    """
-
-    def __init__(
-        self,
-        scale_factor: float,
-        flip_prob: float = 0.0,
-        sample: bool = True,
-        mu_key: str = "mu",
-        sigma_key: str = "sigma",
-        output_key: str = "image",
-        allow_missing_keys: bool = False,
-    ) -> None:
-        keys: KeysCollection = [mu_key, sigma_key]
-        MapTransform.__init__(self, keys, allow_missing_keys)
-        self.scale_factor = float(scale_factor)
-        self.flip_prob = float(flip_prob)
-        self.sample = bool(sample)
-        self.mu_key, self.sigma_key, self.output_key = mu_key, sigma_key, output_key
-        self._view = 0
-        self._seed = 0
-
-    def randomize(self, data: Any = None) -> None:
-        self._view = int(self.R.random_sample() < self.flip_prob)
-        self._seed = int(self.R.randint(0, 2**31 - 1))
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        self.randomize()
-        mu, sigma = torch.as_tensor(d.pop(self.mu_key)), torch.as_tensor(d.pop(self.sigma_key))
-        view = min(self._view, mu.shape[0] - 1)
-        z = mu[view]
-        if self.sample:
-            noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(self._seed))
-            z = z + sigma[view] * noise
-        d[self.output_key] = (z * self.scale_factor).float()
-        return d
 
 
 class LatentInfoWriter:
@@ -553,10 +311,7 @@ class LatentInfoWriter:
         engine.add_event_handler(Events.STARTED, self)
 
     def __call__(self, engine: Engine | None = None) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps(self.info(), indent=2) + "\n")
-        os.replace(tmp, self.path)
+        write_json_atomic(self.path, self.info())
         logger.info("latent scale factor %.5f written to %s", self.cache.scale_factor, self.path)
 
 
@@ -588,7 +343,7 @@ def read_latent_info(path: str | PathLike, autoencoder_ckpt_path: str | PathLike
             raise GeneratorError(
                 f"{ae}: autoencoder checkpoint not found (train stage 1 or set --autoencoder_ckpt_path)"
             )
-        sha = _sha256(ae)
+        sha = file_sha256(ae)
         if info.get("autoencoder_sha256") and info["autoencoder_sha256"] != sha:
             raise GeneratorError(
                 f"{ae}: this autoencoder is not the one the diffusion model was trained with "

@@ -2,7 +2,7 @@
 
 :class:`LatentClassConditionedInferer` is the latent twin of
 :class:`~medicraft_monai.inferers.conditional.ClassConditionedDiffusionInferer`: the same training forward pass
-(on latents that the training stage encoded once and cached, see :mod:`medicraft_monai.engines.latent`), the same
+(on latents that the training stage encoded once and cached, see :mod:`medicraft_monai.data.latent_cache`), the same
 sampling loop, guidance and samplers (it calls the parent's ``sample``), and at the end the latents are divided by
 the scale factor and decoded by the autoencoder. It adds ``latent_shape(image_shape)`` so that
 :class:`~medicraft_monai.synthesis.generator.DiffusionGenerator` draws the seeded noise in latent space; everything

@@ -6,6 +6,7 @@
   :class:`RetinaCrop` (fixed height around the retina) and :class:`FlattenRetina` (Bruch's membrane on one row).
 - :mod:`.context`: :class:`ContextDisorder` (swap random pairs of non-overlapping patches, for self-supervised
   context restoration).
+- :mod:`.latent`: :class:`SampleLatent` (draw a latent diffusion training latent from a cached encoder posterior).
 - :mod:`.spatial`: :class:`LateralityFlip` / :class:`RandLateralityFlip` (left-right flip that mirrors laterality
   and plane angle) and :class:`OCTResize` (resize keeping the wide aspect).
 """
@@ -30,6 +31,7 @@ from .intensity import (
     ScaleOCTIntensityd,
     ScaleOCTIntensityDict,
 )
+from .latent import SampleLatent, SampleLatentD, SampleLatentd, SampleLatentDict
 from .retina import (
     CROP_ORIG_HEIGHT_KEY,
     CROP_START_KEY,
@@ -98,6 +100,10 @@ __all__ = [
     "RetinaCropD",
     "RetinaCropDict",
     "RetinaCropd",
+    "SampleLatent",
+    "SampleLatentD",
+    "SampleLatentDict",
+    "SampleLatentd",
     "ScaleOCTIntensity",
     "ScaleOCTIntensityD",
     "ScaleOCTIntensityDict",
