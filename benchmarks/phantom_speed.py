@@ -40,6 +40,8 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from medicraft_monai.data import phantom as ph  # noqa: E402
+from medicraft_monai.data.phantom.config import _RENDER_BOUNDARIES  # noqa: E402
+from medicraft_monai.data.phantom.eye import _EyeModel  # noqa: E402
 
 
 def best_of(fn, repeat: int, number: int = 1) -> float:
@@ -56,7 +58,7 @@ def best_of(fn, repeat: int, number: int = 1) -> float:
 def stage_times(phantom: ph.OCTPhantom, repeat: int) -> dict[str, float]:
     """Seconds per B-scan of the main stages (measured by calling them on their own)."""
     cfg = phantom.config
-    model = ph._EyeModel(cfg, 11, "R", "melanoma", None)
+    model = _EyeModel(cfg, 11, "R", "melanoma", None)
     angle = 30.0
     a = math.radians(angle)
     direction = np.array([math.cos(a), math.sin(a)])
@@ -66,7 +68,7 @@ def stage_times(phantom: ph.OCTPhantom, repeat: int) -> dict[str, float]:
     csi = (zmm["CSI"] / phantom._dz - 0.5).astype(np.float32)
     rng = np.random.default_rng(0)
     rows = phantom._rows
-    zr = [(zmm[name] / phantom._dz - 0.5).astype(np.float32) for name in ph._RENDER_BOUNDARIES]
+    zr = [(zmm[name] / phantom._dz - 0.5).astype(np.float32) for name in _RENDER_BOUNDARIES]
 
     def layers() -> None:
         R = np.zeros((cfg.height, cfg.width), np.float32)
@@ -80,7 +82,7 @@ def stage_times(phantom: ph.OCTPhantom, repeat: int) -> dict[str, float]:
         phantom.generate_bscan(11, "melanoma", angle)
 
     times = {
-        "eye model (per exam / planes)": best_of(lambda: ph._EyeModel(cfg, 11, "R", "melanoma", None), repeat, 5)
+        "eye model (per exam / planes)": best_of(lambda: _EyeModel(cfg, 11, "R", "melanoma", None), repeat, 5)
         / cfg.n_planes,
         "boundaries of one plane": best_of(lambda: model.boundaries(u, v), repeat, 20),
         "layered reflectivity + attenuation": best_of(layers, repeat, 10),

@@ -66,7 +66,8 @@ def settings(args):
 def prepare_model(args, work: Path) -> tuple[Path, Path, list[str]]:
     """The datalist, the trained weights and the class names (made in ``work`` when not given)."""
     from medicraft_monai.data.datalist import load_datalist
-    from medicraft_monai.demo import DEMO_PREVALENCE, _train, make_phantom_dataset
+    from medicraft_monai.data.phantom import make_phantom_dataset
+    from medicraft_monai.demo import DEMO_PREVALENCE, _train
 
     s = settings(args)
     datalist = Path(args.datalist) if args.datalist else work / "phantom" / "datalist.json"

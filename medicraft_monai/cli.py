@@ -79,7 +79,7 @@ class MedicraftCLI:
             fractions: training, validation, test fractions of patients.
             overwrite: replace a phantom data set already in output_dir.
         """
-        from medicraft_monai.demo import make_phantom_dataset
+        from medicraft_monai.data.phantom import make_phantom_dataset
 
         make_phantom_dataset(
             output_dir,

@@ -19,9 +19,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -31,12 +30,12 @@ import numpy as np
 
 from medicraft_monai.bundles import bundle_path, config_files
 from medicraft_monai.data.datalist import build_datalist, class_weights, count_table, load_datalist
-from medicraft_monai.data.errors import OCTDataError
 from medicraft_monai.data.io import read_bscan
 from medicraft_monai.data.keys import OCTKeys
+from medicraft_monai.data.phantom import make_phantom_dataset
 from medicraft_monai.visualize import save_image_grid, to_uint8
 
-__all__ = ["DEMO_PREVALENCE", "DemoSettings", "make_phantom_dataset", "run_demo"]
+__all__ = ["DEMO_PREVALENCE", "DemoSettings", "run_demo"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,66 +45,6 @@ DEMO_PREVALENCE = {"healthy": 6.0, "benign": 3.0, "melanoma": 1.0}
 
 def _say(message: str) -> None:
     print(f"[medicraft demo] {message}", flush=True)
-
-
-def make_phantom_dataset(
-    output_dir: str | PathLike,
-    exams: int = 12,
-    fmt: str = "png",
-    seed: int = 0,
-    classes: Sequence[str] | None = None,
-    prevalence: Mapping[str, float] | None = None,
-    defect: str | None = None,
-    height: int = 256,
-    width: int = 512,
-    planes: int = 12,
-    fractions: Sequence[float] = (0.7, 0.15, 0.15),
-    progress: bool = True,
-    overwrite: bool = False,
-) -> dict[str, Any]:
-    """Write a phantom data set, its ground truth and a patient-split datalist (``output_dir/datalist.json``).
-
-    The images go to ``output_dir/images/<class>/`` with a ``manifest.csv`` (patient, exam, plane angle,
-    laterality), the ground truth to ``output_dir/ground_truth/``; the datalist is then built from the images the
-    same way as for any user data set (:func:`~medicraft_monai.data.build_datalist`), so the phantom exercises the
-    same code path. Returns the datalist and prints its per-class, per-split count table.
-
-    An ``output_dir`` that already holds a phantom data set is refused (its files would mix with the new ones)
-    unless ``overwrite`` is set, which first removes its ``images/`` and ``ground_truth/`` folders.
-    """
-    from medicraft_monai.data.phantom import PhantomConfig, write_phantom_dataset
-
-    out = Path(output_dir)
-    previous = [out / "images", out / "ground_truth"]
-    if any(p.is_dir() and any(p.iterdir()) for p in previous):
-        if not overwrite:
-            raise OCTDataError(out, "already holds a phantom data set; choose an empty folder or pass --overwrite")
-        for p in previous:
-            shutil.rmtree(p, ignore_errors=True)
-    config = PhantomConfig(height=height, width=width, n_planes=planes)
-    write_phantom_dataset(
-        out,
-        n_exams=exams,
-        classes=list(classes) if classes else None,
-        prevalence=dict(prevalence) if prevalence else None,
-        fmt=fmt,
-        seed=seed,
-        config=config,
-        defects=defect,
-        progress=progress,
-    )
-    class_order = list(classes) if classes else list(config.classes)  # the phantom's order, not alphabetical
-    datalist = build_datalist(
-        out / "images",
-        output=out / "datalist.json",
-        classes=class_order,
-        fractions=tuple(fractions),
-        seed=seed,
-        strict=True,
-        name="medicraft OCT phantom",
-    )
-    print(count_table(datalist))
-    return datalist
 
 
 @dataclass

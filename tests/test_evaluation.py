@@ -16,7 +16,7 @@ import pytest
 
 from medicraft_monai.data.datalist import load_datalist, write_datalist
 from medicraft_monai.data.errors import EmptyDatasetError, SplitLeakError
-from medicraft_monai.demo import make_phantom_dataset
+from medicraft_monai.data.phantom import make_phantom_dataset
 from medicraft_monai.evaluation import EvaluationError, EvaluationSettings, evaluate_synthesis
 from medicraft_monai.evaluation.per_image import check_anatomy
 from tests._subprocess import run_group

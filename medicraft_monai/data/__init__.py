@@ -46,7 +46,15 @@ from .io import (
     write_nifti_bscan,
 )
 from .keys import OCTKeys, OCTMetaKeys, normalise_laterality
-from .phantom import BScanTruth, OCTPhantom, PhantomConfig, PhantomExam, load_phantom_truth, write_phantom_dataset
+from .phantom import (
+    BScanTruth,
+    OCTPhantom,
+    PhantomConfig,
+    PhantomExam,
+    load_phantom_truth,
+    make_phantom_dataset,
+    write_phantom_dataset,
+)
 from .vendor import convert_vendor_to_dicom, read_vendor_volume
 
 __all__ = [
@@ -83,6 +91,7 @@ __all__ = [
     "image_format",
     "load_datalist",
     "load_phantom_truth",
+    "make_phantom_dataset",
     "normalise_laterality",
     "probe_image",
     "read_bscan",
