@@ -36,11 +36,11 @@ from medicraft_monai.deploy.classifier import (
     ClassifierModelError,
     TorchScriptClassifier,
     _channel_def_names,
-    _configured_class_names,
     classify_frames,
 )
 from medicraft_monai.deploy.inputs import read_input_frames
 from medicraft_monai.deploy.synthesis import SynthesisRequest, resolve_bundle, synthesize
+from medicraft_monai.networks.bundle import configured_class_names
 from medicraft_monai.synthesis.generator import DiffusionGenerator, GeneratorError
 from medicraft_monai.synthesis.writers import to_uint
 
@@ -305,8 +305,8 @@ def test_classifier_in_process_errors_and_class_names(
 
     # the real bundle's class_names needs the training datalist: the metadata's channel_def is used instead
     expr = ConfigParser({"class_names": "$medicraft_monai.metrics.nothing_here(@datalist)", "datalist": "x.json"})
-    assert _configured_class_names(expr) is None
-    assert _configured_class_names(ConfigParser({"class_names": ["p", "q"]})) == ["p", "q"]
+    assert configured_class_names(expr) is None
+    assert configured_class_names(ConfigParser({"class_names": ["p", "q"]})) == ["p", "q"]
     meta = {"network_data_format": {"outputs": {"pred": {"channel_def": {"1": "benign", "0": "healthy"}}}}}
     assert _channel_def_names(meta) == ["healthy", "benign"] and _channel_def_names({}) is None
 

@@ -15,6 +15,11 @@ bundle's ``metadata.json`` and ``inference.json`` as extra files. Everything the
   metadata.json's ``network_data_format.outputs.pred.channel_def``; names whose count does not match the network's
   outputs are dropped for ``class_0``, ``class_1``, ...
 - the network outputs logits; probabilities are their softmax (they sum to 1).
+
+``class_names`` and ``preprocessing`` are read from the embedded config the way every user of the classifier bundle
+reads them (:func:`~medicraft_monai.networks.bundle.configured_class_names`,
+:func:`~medicraft_monai.networks.bundle.bundle_preprocessing`); the MONAI Label app and the metrics load the bundle's
+network and weights with :func:`~medicraft_monai.networks.bundle.load_bundle_network`.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from monai.transforms import Compose, LoadImaged, MapTransform
 from medicraft_monai.data.dicom import collate_safe_meta
 from medicraft_monai.data.io import LoadOCTImaged
 from medicraft_monai.data.keys import OCTMetaKeys
+from medicraft_monai.networks.bundle import bundle_preprocessing, configured_class_names
 from medicraft_monai.utils import file_sha256
 
 from .inputs import InputFrame
@@ -99,19 +105,6 @@ def _channel_def_names(metadata: Mapping[str, Any]) -> list[str] | None:
         return [str(channel_def[k]) for k in sorted(channel_def, key=lambda k: int(k))]
     except (KeyError, TypeError, ValueError):
         return None
-
-
-def _configured_class_names(parser: ConfigParser | None) -> list[str] | None:
-    if parser is None or "class_names" not in parser:
-        return None
-    try:
-        names = parser.get_parsed_content("class_names")
-    except Exception as err:  # noqa: BLE001 - an expression that needs the training data is no error here
-        logger.info("inference.json class_names not usable at deployment (%s); using metadata.json", err)
-        return None
-    if isinstance(names, (list, tuple)) and names:
-        return [str(n) for n in names]
-    return None
 
 
 def _uses_loader(transform: Any) -> bool:
@@ -197,7 +190,7 @@ class TorchScriptClassifier:
         names = cls._class_names(parser, metadata)
         if parser is not None and "preprocessing" in parser:
             try:
-                preprocessing = parser.get_parsed_content("preprocessing")
+                preprocessing = bundle_preprocessing(parser)
             except Exception as err:  # noqa: BLE001
                 raise ClassifierModelError(f"{path}: the embedded inference.json 'preprocessing' fails: {err}") from err
         else:
@@ -209,7 +202,7 @@ class TorchScriptClassifier:
         override = os.environ.get(CLASS_NAMES_ENV, "").strip()
         if override:
             return [n.strip() for n in override.split(",") if n.strip()]
-        return _configured_class_names(parser) or _channel_def_names(metadata) or []
+        return configured_class_names(parser) or _channel_def_names(metadata) or []
 
     @staticmethod
     def _default_preprocessing(parser: ConfigParser | None, metadata: Mapping[str, Any]) -> Callable[[Any], Any]:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from medicraft_monai.bundles import bundle_path, config_files
+from medicraft_monai.bundles import bundle_path
 
 __all__ = [
     "DEFAULT_BUNDLE",
@@ -160,7 +160,7 @@ class FeatureExtractor(nn.Module):
         cls,
         bundle_root: str | PathLike,
         ckpt_path: str | PathLike | None = None,
-        config_file: str = "configs/inference.json",
+        config_file: str = "inference.json",
         overrides: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> FeatureExtractor:
@@ -180,49 +180,21 @@ class FeatureExtractor(nn.Module):
             FileNotFoundError: the config or the checkpoint is missing (with how to make it).
             ValueError: the config has no ``network_def``, or the checkpoint does not fit it.
         """
-        from monai.bundle import ConfigParser
+        from medicraft_monai.networks.bundle import load_bundle_network
 
         root = Path(bundle_root)
-        cfg = root / config_file
-        if not cfg.is_file():
-            raise FileNotFoundError(f"{cfg}: bundle config not found (is {root} a MONAI bundle folder?)")
-        ckpt = Path(ckpt_path) if ckpt_path is not None else root / "models" / "model.pt"
-        if not ckpt.is_file():
-            raise FileNotFoundError(
-                f"{ckpt}: no trained weights; train the bundle first "
-                f"(python -m monai.bundle run --config_file \"{[str(p) for p in config_files(root, 'train.json')]}\" --bundle_root {root}) "
-                "or pass ckpt_path"
-            )
-        parser = ConfigParser()
-        parser.read_config([str(p) for p in config_files(root, config_file)])
-        parser["bundle_root"] = str(root)
-        for key, value in (overrides or {}).items():
-            parser[key] = value
-        if "network_def" not in parser.config:
-            raise ValueError(f"{cfg}: no 'network_def' key")
-        try:
-            net = parser.get_parsed_content("network_def", instantiate=True)
-        except Exception as err:  # noqa: BLE001 - ConfigParser wraps errors of the referenced expressions
-            raise ValueError(
-                f"{cfg}: cannot build network_def ({type(err).__name__}: {err}); set the keys it depends on with "
-                "overrides, for example overrides={'num_classes': 4}"
-            ) from err
-        if "spatial_size" not in kwargs and "image_size" in parser.config:
+        loaded = load_bundle_network(
+            root,
+            ckpt_path=ckpt_path if ckpt_path is not None else root / "models" / "model.pt",
+            config_file=config_file,
+            overrides=overrides,
+        )
+        if "spatial_size" not in kwargs and "image_size" in loaded.parser:
             try:
-                kwargs["spatial_size"] = [int(v) for v in parser.get_parsed_content("image_size")]
+                kwargs["spatial_size"] = [int(v) for v in loaded.parser.get_parsed_content("image_size")]
             except Exception:  # noqa: BLE001 - an unusable image_size only means no resizing
                 pass
-        state = torch.load(str(ckpt), map_location="cpu", weights_only=True)
-        if isinstance(state, Mapping):
-            for key in ("model", "network", "state_dict"):
-                if key in state and isinstance(state[key], Mapping):
-                    state = state[key]
-                    break
-        try:
-            net.load_state_dict(state)
-        except (RuntimeError, KeyError, TypeError) as err:
-            raise ValueError(f"{ckpt}: checkpoint does not match {cfg} network_def: {err}") from err
-        net.eval()
+        net = loaded.network
         extractor = cls.from_network(net, **kwargs)
         extractor.name = f"{root.name} bundle: {extractor.name}"
         return extractor

@@ -24,16 +24,13 @@ from typing import Any
 import numpy as np
 import torch
 from fastapi import HTTPException
-from monai.bundle import ConfigParser
-from monai.transforms import Compose
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from medicraft_monai.bundles import config_files
+from medicraft_monai.networks.bundle import bundle_preprocessing, load_bundle_network
 from medicraft_monai.synthesis.generator import DiffusionGenerator, GeneratorError
 from medicraft_monai.synthesis.job import SynthesisJob
 from medicraft_monai.synthesis.plan import ImageTask, safe_class_name
-from medicraft_monai.utils import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -297,34 +294,26 @@ class ClassifyTask(BasicInferTask):
         device: str = "cpu",
         overrides: Mapping[str, Any] | None = None,
     ) -> None:
-        root = Path(bundle_root).resolve()
-        config = root / "configs" / "inference.json"
-        if not config.is_file():
-            raise GeneratorError(f"{config}: classifier bundle config not found")
-        parser = ConfigParser()
-        parser.read_config([str(p) for p in config_files(root, "inference.json")])
-        parser["bundle_root"] = str(root)
-        parser["device"] = f"$torch.device('{device}')"
-        for key, value in (overrides or {}).items():
-            parser[key] = value
-        for key in ("network_def", "class_names", "preprocessing"):
-            if key not in parser:
-                raise GeneratorError(f"{config}: the classifier config has no {key!r} key")
-        self.class_names = [str(c) for c in parser.get_parsed_content("class_names")]
-        pre = parser.get_parsed_content("preprocessing")
-        self.preprocessing = pre if callable(pre) else Compose(list(pre))
-        ckpt = Path(ckpt_path) if ckpt_path is not None else Path(parser.get_parsed_content("ckpt_path"))
-        if not ckpt.is_file():
-            raise GeneratorError(f"{ckpt}: classifier checkpoint not found; train the bundle or give classifier_ckpt")
-        self.checksum = file_sha256(ckpt)
-        self.bundle_root = root
+        try:
+            loaded = load_bundle_network(
+                Path(bundle_root).resolve(), ckpt_path, overrides=overrides, device=device, what="classifier bundle"
+            )
+        except FileNotFoundError as err:
+            raise GeneratorError(f"{err}; give classifier_bundle and classifier_ckpt") from None
+        for key in ("class_names", "preprocessing"):
+            if key not in loaded.parser:
+                raise GeneratorError(f"{loaded.config_path}: the classifier config has no {key!r} key")
+        self.class_names = [str(c) for c in loaded.parser.get_parsed_content("class_names")]
+        self.preprocessing = bundle_preprocessing(loaded.parser)
+        self.checksum = loaded.checksum
+        self.bundle_root = loaded.bundle_root
         super().__init__(
-            path=str(ckpt),
-            network=parser.get_parsed_content("network_def"),
+            path=None,  # the weights are already in the network (the one checkpoint loader read them)
+            network=loaded.network,
             type=InferType.CLASSIFICATION,
             labels=self.class_names,
             dimension=2,
-            description=f"Classify an OCT B-scan with the {root.name} bundle ({', '.join(self.class_names)})",
+            description=f"Classify an OCT B-scan with the {self.bundle_root.name} bundle ({', '.join(self.class_names)})",
             load_strict=True,
         )
         self._config["device"] = [device]
