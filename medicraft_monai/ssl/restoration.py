@@ -25,6 +25,8 @@ from monai.metrics import MultiScaleSSIMMetric, SSIMMetric
 from torch import nn
 from tqdm.auto import tqdm
 
+from medicraft_monai.metrics.diversity import ms_ssim_settings
+
 from .finetune import load_checkpoint_state
 from .networks import ENCODER_PREFIXES, BasicUNetEncoder, PooledEncoder, features_from_state_dict
 
@@ -40,7 +42,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 ENCODER_META_FILE = "medicraft_encoder.json"
 """Name of the JSON description stored inside an exported encoder (``torch.jit.load(..., _extra_files=...)``)."""
 
@@ -48,16 +49,9 @@ ENCODER_META_FILE = "medicraft_encoder.json"
 def ms_ssim_weights(image_size: Sequence[int], kernel_size: int = 7) -> tuple[float, ...]:
     """MS-SSIM scale weights (Wang et al. 2003, renormalised) for as many scales as ``image_size`` allows.
 
-    MONAI requires every side to exceed ``(kernel_size - 1) * 2 ** (scales - 1)``.
+    The scale choice is :func:`medicraft_monai.metrics.diversity.ms_ssim_settings` (the one home of it).
     """
-    side = min(int(s) for s in image_size)
-    n = len(_MS_SSIM_WEIGHTS)
-    while n > 1 and side <= (int(kernel_size) - 1) * 2 ** (n - 1):
-        n -= 1
-    if side <= int(kernel_size) - 1:
-        raise ValueError(f"images of {list(image_size)} are too small for an SSIM window of {kernel_size}")
-    w = np.asarray(_MS_SSIM_WEIGHTS[:n])
-    return tuple(float(v) for v in w / w.sum())
+    return tuple(ms_ssim_settings(tuple(image_size), kernel_size)["weights"])
 
 
 def ssim_metric(kernel_size: int = 7) -> SSIMMetric:
