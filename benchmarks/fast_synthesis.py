@@ -79,7 +79,7 @@ def build_unet(net: dict[str, Any], class_embeds: bool = True, seed: int = 0):
     import torch
     from monai.networks.nets import DiffusionModelUNet
 
-    from medicraft_monai.bundle_utils import randomise_zero_weights
+    from medicraft_monai.networks import randomise_zero_weights
 
     torch.manual_seed(seed)
     unet = DiffusionModelUNet(

@@ -42,8 +42,8 @@ def measure(name: str, image_size: list[int], batch: int, steps: int, measure_st
     import torch
     from monai.bundle import ConfigParser
 
-    from medicraft_monai.bundle_utils import randomise_zero_weights
     from medicraft_monai.inferers import seeded_noise
+    from medicraft_monai.networks import randomise_zero_weights
     from medicraft_monai.schedulers import make_scheduler
 
     parser = ConfigParser()

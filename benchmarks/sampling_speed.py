@@ -67,8 +67,8 @@ def step_time(network, inferer, batch: int, shape, steps: int) -> float:
 def speed_part(args) -> dict:
     import torch
 
-    from medicraft_monai.bundle_utils import randomise_zero_weights
     from medicraft_monai.inferers import ClassConditionedDiffusionInferer, seeded_noise
+    from medicraft_monai.networks import randomise_zero_weights
     from medicraft_monai.schedulers import make_scheduler
 
     parser = build()

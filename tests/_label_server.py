@@ -23,7 +23,7 @@ import requests
 import torch
 from monai.bundle import ConfigParser
 
-from medicraft_monai.bundle_utils import randomise_zero_weights
+from medicraft_monai.networks import randomise_zero_weights
 
 REPO = Path(__file__).resolve().parents[1]
 LABEL_VENV = Path(os.environ.get("MEDICRAFT_LABEL_VENV", REPO / ".venv-label"))

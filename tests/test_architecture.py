@@ -17,8 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "medicraft_monai"
 #: The rule: a room uses only rooms on lower levels (lowest first). ``ssl`` (self-supervised context restoration:
 #: its data, networks, handlers and fine-tuning) is an extra room beside ``synthesis``: it builds on the engines'
 #: handlers and the inferers, and the evaluation's label-efficiency study builds on it. ``visualize`` (image grids,
-#: no imports of the package) is a shared helper beside ``utils``; ``bundle_utils`` (helpers that bundle configs
-#: call, some of which build generators) sits above ``synthesis``.
+#: no imports of the package) is a shared helper beside ``utils``.
 LEVELS: tuple[tuple[str, ...], ...] = (
     ("utils", "visualize"),
     ("bundles",),
@@ -30,7 +29,6 @@ LEVELS: tuple[tuple[str, ...], ...] = (
     ("metrics",),
     ("engines",),
     ("synthesis", "ssl"),
-    ("bundle_utils",),
     ("evaluation",),
     ("label", "deploy"),
     ("demo",),

@@ -16,7 +16,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.bundle.reference_resolver import ReferenceResolver
 
-from medicraft_monai.bundle_utils import verify_bundle_network
+from medicraft_monai.networks import verify_bundle_network
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLES_DIR = REPO_ROOT / "bundles"

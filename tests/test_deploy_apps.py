@@ -30,7 +30,6 @@ import torch
 from _subprocess import run_group
 from monai.bundle import ConfigParser, ckpt_export
 
-from medicraft_monai.bundle_utils import randomise_zero_weights
 from medicraft_monai.data import read_bscan, read_frames, write_oct_dicom
 from medicraft_monai.deploy.classifier import (
     ClassifierModelError,
@@ -40,6 +39,7 @@ from medicraft_monai.deploy.classifier import (
 )
 from medicraft_monai.deploy.inputs import read_input_frames
 from medicraft_monai.deploy.synthesis import SynthesisRequest, resolve_bundle, synthesize
+from medicraft_monai.networks import randomise_zero_weights
 from medicraft_monai.networks.bundle import configured_class_names
 from medicraft_monai.synthesis.generator import DiffusionGenerator, GeneratorError
 from medicraft_monai.synthesis.writers import to_uint

@@ -8,9 +8,9 @@ from ignite.engine import Events
 from monai.engines import SupervisedTrainer
 from monai.networks.nets import DiffusionModelUNet
 
-from medicraft_monai.bundle_utils import randomise_zero_weights
 from medicraft_monai.engines import ClassConditionedPrepareBatch
 from medicraft_monai.inferers import ClassConditionedDiffusionInferer, seeded_noise
+from medicraft_monai.networks import randomise_zero_weights
 from medicraft_monai.schedulers import make_scheduler
 from tests._numerics import sampling_atol
 

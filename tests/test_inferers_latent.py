@@ -15,7 +15,6 @@ from ignite.engine import Engine, Events
 from monai.data import Dataset
 from monai.networks.nets import AutoencoderKL, DiffusionModelUNet, PatchDiscriminator
 
-from medicraft_monai.bundle_utils import randomise_zero_weights
 from medicraft_monai.data.latent_cache import build_latent_cache
 from medicraft_monai.engines.latent import (
     AutoencoderKLUpdate,
@@ -32,6 +31,7 @@ from medicraft_monai.inferers.latent import (
     LatentClassConditionedInferer,
     autoencoder_downsampling,
 )
+from medicraft_monai.networks import randomise_zero_weights
 from medicraft_monai.schedulers import make_scheduler
 from medicraft_monai.synthesis.generator import DiffusionGenerator, GeneratorError
 from medicraft_monai.utils import file_sha256

@@ -29,8 +29,8 @@ import torch
 from _subprocess import run_group
 from monai.networks.nets import DiffusionModelUNet
 
-from medicraft_monai.bundle_utils import randomise_zero_weights
 from medicraft_monai.data import OCTDataError, UnknownLabelError, load_datalist, read_bscan, write_datalist
+from medicraft_monai.networks import randomise_zero_weights
 from medicraft_monai.synthesis.generator import DiffusionGenerator, GeneratorError
 from medicraft_monai.synthesis.job import MANIFEST_FIELDS
 from medicraft_monai.synthesis.multiply import multiply

@@ -20,20 +20,12 @@ import numpy as np
 import pytest
 import torch
 from _subprocess import monai_bundle_cmd, run_checked
-from ignite.engine import Engine, Events
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from medicraft_monai.bundle_utils import (
-    EMAWarmupSync,
-    FixedSeedHandler,
-    check_datalist_classes,
-    flag,
-    latest_checkpoint,
-    verify_bundle_network,
-)
-from medicraft_monai.data import build_datalist, read_bscan, write_datalist
+from medicraft_monai.data import build_datalist, check_datalist_classes, read_bscan, write_datalist
 from medicraft_monai.data.errors import EmptyDatasetError, OCTDataError, UnknownLabelError
+from medicraft_monai.networks import latest_checkpoint, verify_bundle_network
 from medicraft_monai.synthesis import DiffusionGenerator, GeneratorError
 from medicraft_monai.synthesis.sample import sample_to_folder, synthetic_png_path
 from medicraft_monai.utils import file_sha256
@@ -144,7 +136,7 @@ def trained(datalist: Path, tmp_path_factory) -> dict:
     resumed_from = int(re.search(r"iteration=(\d+)\.pt$", ckpt)[1])
     model_after_kill = (root / "models" / "model.pt").exists()
     max_epochs = resumed_from // EPOCH_LENGTH + 2
-    # lowercase "true" on purpose: the configs read switches through bundle_utils.flag
+    # lowercase "true" on purpose: the configs read switches through their switches entry (utils.flag)
     proc_b = run(bundle_cmd(["train.json"], root, **common, max_epochs=max_epochs, resume="true"))
     return {
         "root": root,
@@ -358,57 +350,3 @@ def test_check_datalist_classes_names_the_problem(datalist: Path, tmp_path: Path
         check_datalist_classes({**data, "training": [{**data["training"][0], "label": 7}]}, CLASSES)
     with pytest.raises(OCTDataError, match="datalist file not found"):
         check_datalist_classes(tmp_path / "missing.json", CLASSES)
-
-
-def test_latest_checkpoint_takes_the_newest_complete_file(tmp_path: Path) -> None:
-    assert latest_checkpoint(tmp_path, required=False) is None
-    with pytest.raises(FileNotFoundError, match="resume=true but there is no training checkpoint"):
-        latest_checkpoint(tmp_path)
-    for name in ("checkpoint_iteration=2.pt", "checkpoint_final_iteration=8.pt", "checkpoint_iteration=10.pt"):
-        torch.save({"w": torch.zeros(1000)}, tmp_path / name)
-    assert latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint_iteration=10.pt")
-    # a write cut off by a kill: the previous checkpoint is used
-    cut = tmp_path / "checkpoint_iteration=10.pt"
-    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
-    assert latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint_final_iteration=8.pt")
-    (tmp_path / "other_iteration=99.pt").write_bytes(b"")
-    assert latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint_final_iteration=8.pt")
-
-
-def test_flag_reads_command_line_switches() -> None:
-    assert [flag(v) for v in (True, "true", "True", "1", 1, "yes")] == [True] * 6
-    assert [flag(v) for v in (False, "false", "False", "0", 0, None, "no")] == [False] * 7
-    with pytest.raises(ValueError, match="not a true/false switch"):
-        flag("maybe")
-
-
-def test_fixed_seed_handler_repeats_draws_and_leaves_the_global_stream_alone() -> None:
-    engine = Engine(lambda e, batch: torch.rand(3))
-    outputs: list[torch.Tensor] = []
-    engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: outputs.append(e.state.output.clone()))
-    FixedSeedHandler(seed=11).attach(engine)
-    torch.manual_seed(5)
-    engine.run([0, 1], max_epochs=1)
-    after_first = torch.rand(1)
-    engine.run([0, 1], max_epochs=1)
-    assert torch.equal(outputs[0], outputs[2]) and torch.equal(outputs[1], outputs[3])
-    torch.manual_seed(5)
-    assert torch.equal(torch.rand(1), after_first), "the handler must restore the global random state"
-
-
-def test_ema_warmup_continues_at_the_restored_iteration() -> None:
-    from ignite.handlers import EMAHandler
-
-    def momentum_after_resume(sync: bool) -> float:
-        engine = Engine(lambda e, batch: None)
-        ema = EMAHandler(torch.nn.Linear(2, 2), momentum=0.001, momentum_warmup=0.5, warmup_iters=101)
-        ema.attach(engine)
-        engine.state.iteration = 50  # what CheckpointLoader restores at STARTED
-        if sync:
-            EMAWarmupSync(ema)(engine)
-        ema.momentum_scheduler(engine)  # the next ITERATION_COMPLETED
-        return engine.state.ema_momentum
-
-    # linear warm-up from 0.5 to 0.001 over 101 iterations: iteration 51 is half way
-    assert momentum_after_resume(sync=True) == pytest.approx(0.5 + (0.001 - 0.5) * 50 / 100)
-    assert momentum_after_resume(sync=False) == pytest.approx(0.5), "without the sync the warm-up restarts"

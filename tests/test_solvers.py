@@ -12,8 +12,8 @@ import torch
 from monai.networks.nets import DiffusionModelUNet
 from monai.networks.schedulers import DDIMScheduler, Scheduler
 
-from medicraft_monai.bundle_utils import randomise_zero_weights
 from medicraft_monai.inferers import ClassConditionedDiffusionInferer, seeded_noise
+from medicraft_monai.networks import randomise_zero_weights
 from medicraft_monai.schedulers import TIMESTEP_SPACINGS, DPMSolverMultistepScheduler, make_scheduler, spaced_timesteps
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "oct_ddpm"

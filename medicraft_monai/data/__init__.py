@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .checks import check_datalist_classes
 from .datalist import (
     build_datalist,
     check_splits,
@@ -83,6 +84,7 @@ __all__ = [
     "UnknownLabelError",
     "UnsupportedFormatError",
     "build_datalist",
+    "check_datalist_classes",
     "check_splits",
     "class_weights",
     "convert_vendor_to_dicom",

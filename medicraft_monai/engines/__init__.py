@@ -13,13 +13,17 @@ from .latent import (
 )
 from .losses import kl_loss
 from .prepare_batch import ClassConditionedPrepareBatch
+from .training_handlers import EMAWarmupSync, FixedSeedHandler, ProgressBarHandler
 
 __all__ = [
     "AutoencoderKLUpdate",
     "ClassConditionedPrepareBatch",
     "ClassSampleGridHandler",
     "DiffusionSettingsWriter",
+    "EMAWarmupSync",
+    "FixedSeedHandler",
     "LatentInfoWriter",
+    "ProgressBarHandler",
     "ReconstructionGridHandler",
     "ReconstructionPrepareBatch",
     "kl_loss",

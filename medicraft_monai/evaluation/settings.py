@@ -74,7 +74,7 @@ class EvaluationSettings:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        from medicraft_monai.bundle_utils import flag
+        from medicraft_monai.utils import flag
 
         # "--utility false" on a bundle command line is the string "false"
         self.utility, self.anatomy, self.progress = flag(self.utility), flag(self.anatomy), flag(self.progress)

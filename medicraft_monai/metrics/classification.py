@@ -342,7 +342,7 @@ def balanced_sampler(
     Each item is weighted by ``1 / count(its class)``; an epoch draws ``len(items)`` items. Use it with the
     DataLoader's ``shuffle=False``.
     """
-    from medicraft_monai.bundle_utils import flag
+    from medicraft_monai.utils import flag
 
     if not flag(enabled):
         return None

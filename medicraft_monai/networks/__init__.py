@@ -1,4 +1,5 @@
-"""Network helpers beside MONAI's networks: the one checkpoint loader and the one loader of a bundle's network."""
+"""Network helpers beside MONAI's networks: the one checkpoint loader (and the newest training checkpoint), the one
+loader of a bundle's network, and the checks of a bundle's network against its metadata."""
 
 from __future__ import annotations
 
@@ -9,7 +10,18 @@ from medicraft_monai.networks.bundle import (
     configured_class_names,
     load_bundle_network,
 )
-from medicraft_monai.networks.checkpoint import CheckpointError, load_state_dict, load_weights, read_checkpoint
+from medicraft_monai.networks.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    load_state_dict,
+    load_weights,
+    read_checkpoint,
+)
+from medicraft_monai.networks.verification import (
+    example_network_inputs,
+    randomise_zero_weights,
+    verify_bundle_network,
+)
 
 __all__ = [
     "BundleNetwork",
@@ -17,8 +29,12 @@ __all__ = [
     "bundle_parser",
     "bundle_preprocessing",
     "configured_class_names",
+    "example_network_inputs",
+    "latest_checkpoint",
     "load_bundle_network",
     "load_state_dict",
     "load_weights",
+    "randomise_zero_weights",
     "read_checkpoint",
+    "verify_bundle_network",
 ]

@@ -1,4 +1,5 @@
-"""The one checkpoint loader: every ``model.pt`` that medicraft_monai reads goes through here.
+"""The one checkpoint loader: every ``model.pt`` that medicraft_monai reads goes through here; and the discovery of
+the newest training-state checkpoint that a resumed training run restores (:func:`latest_checkpoint`).
 
 Files are read with ``torch.load(..., weights_only=True)``, so a checkpoint can never run code, and every problem (a
 missing file, a folder, a truncated or foreign file, a file holding no state dict, a state dict that does not fit
@@ -7,6 +8,9 @@ the network) is one :class:`CheckpointError` that names the file and says what i
 
 from __future__ import annotations
 
+import logging
+import re
+import zipfile
 from collections.abc import Mapping, Sequence
 from os import PathLike
 from pathlib import Path
@@ -16,7 +20,19 @@ import torch
 
 from medicraft_monai.data.errors import OCTDataError
 
-__all__ = ["STATE_DICT_KEYS", "CheckpointError", "load_state_dict", "load_weights", "read_checkpoint"]
+__all__ = [
+    "STATE_DICT_KEYS",
+    "CheckpointError",
+    "latest_checkpoint",
+    "load_state_dict",
+    "load_weights",
+    "read_checkpoint",
+]
+
+logger = logging.getLogger(__name__)
+
+#: interval and final training-state checkpoints written by MONAI's CheckpointSaver (ignite naming)
+_CKPT_PATTERN = re.compile(r"^(?P<prefix>.*?)_?(?:final_)?iteration=(?P<iteration>\d+)\.pt$")
 
 STATE_DICT_KEYS: tuple[str, ...] = ("network", "model", "state_dict", "net")
 """Keys under which a training checkpoint may hold the network's state dict (MONAI's ``CheckpointSaver`` writes a
@@ -110,3 +126,47 @@ def load_weights(
             path, f"{what} does not fit {mismatch_hint}: {' '.join(d.strip() for d in detail[:3])}"
         ) from None
     return network
+
+
+def _is_complete_checkpoint(path: Path) -> bool:
+    """A torch checkpoint (a zip archive) whose write finished: a killed write leaves no central directory."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return len(zf.namelist()) > 0
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def latest_checkpoint(folder: str | PathLike, required: bool = True, prefix: str = "checkpoint") -> str | None:
+    """The training-state checkpoint with the highest iteration in ``folder`` (for ``resume``).
+
+    Recognises the names MONAI's ``CheckpointSaver`` writes, ``<prefix>_iteration=N.pt`` (every N iterations) and
+    ``<prefix>_final_iteration=N.pt`` (end of a run). A file whose write was cut off (the run was killed while
+    saving) is skipped with a warning, so the previous checkpoint is used.
+
+    Args:
+        folder: where the training checkpoints are.
+        required: raise when there is none (else return ``None``).
+        prefix: the checkpoint name prefix.
+
+    Raises:
+        FileNotFoundError: ``required`` and no usable checkpoint.
+    """
+    root = Path(folder)
+    found: list[tuple[int, int, Path]] = []
+    for p in root.glob(f"{prefix}*iteration=*.pt") if root.is_dir() else []:
+        m = _CKPT_PATTERN.match(p.name)
+        if m is None or m["prefix"] != prefix:
+            continue
+        found.append((int(m["iteration"]), int("final_" in p.name), p))
+    for _, _, path in sorted(found, reverse=True):
+        if _is_complete_checkpoint(path):
+            logger.info("resuming from %s", path)
+            return str(path)
+        logger.warning("%s: incomplete checkpoint (the run was stopped while saving it); trying an older one", path)
+    if required:
+        raise FileNotFoundError(
+            f"{root}: resume=true but there is no training checkpoint ({prefix}_iteration=N.pt) to resume from; "
+            "run without --resume to start a new training"
+        )
+    return None

@@ -98,7 +98,7 @@ def load_pretrained(
     Raises:
         OCTDataError: an unreadable checkpoint, or one without (matching) encoder weights.
     """
-    from medicraft_monai.bundle_utils import flag
+    from medicraft_monai.utils import flag
 
     if part not in ("encoder", "all"):
         raise ValueError(f"part must be 'encoder' or 'all', got {part!r}")

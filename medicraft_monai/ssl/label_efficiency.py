@@ -39,11 +39,12 @@ from monai.metrics import compute_roc_auc
 from monai.transforms import Compose, RandFlipd
 from monai.utils import set_determinism
 
-from medicraft_monai.bundle_utils import ProgressBarHandler, flag
 from medicraft_monai.data.errors import EmptyDatasetError
 from medicraft_monai.data.keys import OCTKeys
+from medicraft_monai.engines import ProgressBarHandler
 from medicraft_monai.inferers import AutocastInferer, bf16_is_fast
 from medicraft_monai.transforms import ContextDisorderd
+from medicraft_monai.utils import flag
 
 from .data import load_items, oct_preprocessing, preprocess_items
 from .finetune import load_pretrained, subsample_by_patient, trainable_parameters

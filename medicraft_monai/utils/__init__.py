@@ -1,4 +1,4 @@
-"""The few helpers every room shares: atomic file writes, the SHA-256 of a file, JSON-able values.
+"""The few helpers every room shares: atomic file writes, the SHA-256 of a file, JSON-able values, switches.
 
 Nothing here imports another medicraft_monai module, so any room may use it.
 """
@@ -15,10 +15,12 @@ from medicraft_monai.utils.files import (
     write_text_atomic,
 )
 from medicraft_monai.utils.jsonable import to_jsonable
+from medicraft_monai.utils.switches import flag
 
 __all__ = [
     "atomic_write",
     "file_sha256",
+    "flag",
     "fsync_dir",
     "save_torch_atomic",
     "to_jsonable",
