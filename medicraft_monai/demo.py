@@ -16,7 +16,6 @@ Each stage is a library call that users can run on their own (``medicraft phanto
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -33,6 +32,7 @@ from medicraft_monai.data.datalist import build_datalist, class_weights, count_t
 from medicraft_monai.data.io import read_bscan
 from medicraft_monai.data.keys import OCTKeys
 from medicraft_monai.data.phantom import make_phantom_dataset
+from medicraft_monai.utils import write_json_atomic
 from medicraft_monai.visualize import save_image_grid, to_uint8
 
 __all__ = ["DEMO_PREVALENCE", "DemoSettings", "run_demo"]
@@ -414,6 +414,6 @@ def run_demo(
     }
     report = _write_report(out, summary)
     files["report"] = str(report)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    write_json_atomic(out / "summary.json", summary)
     _say(f"done in {summary['seconds']:.0f} s: report {report}")
     return summary

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from medicraft_monai.bundles import config_files
 from medicraft_monai.data.datalist import load_datalist, write_datalist
 from medicraft_monai.data.errors import EmptyDatasetError, SplitLeakError
 from medicraft_monai.data.phantom import make_phantom_dataset
@@ -146,7 +147,7 @@ def test_the_bundle_runs_the_whole_evaluation_with_utility(phantom_sets, tmp_pat
     out = tmp_path / "bundle_eval"
     cmd = [
         sys.executable, "-m", "monai.bundle", "run",
-        "--config_file", str(BUNDLE / "configs" / "evaluate.json"),
+        "--config_file", repr([str(f) for f in config_files(BUNDLE, "evaluate.json")]),
         "--meta_file", str(BUNDLE / "configs" / "metadata.json"),
         "--logging_file", str(BUNDLE / "configs" / "logging.conf"),
         "--bundle_root", str(BUNDLE),

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import hashlib
 import json
 import logging
 import math
@@ -38,6 +37,8 @@ from typing import Any
 
 import numpy as np
 from tqdm import tqdm
+
+from medicraft_monai.utils import file_sha256, write_text_atomic
 
 from .errors import (
     CorruptImageError,
@@ -127,14 +128,6 @@ def _file_stem(path: Path) -> str:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return path.stem
-
-
-def _sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _parse_angle(value: Any, where: str) -> float | None:
@@ -552,7 +545,7 @@ def _validate_files(
                 if check_images:
                     info = probe_image(path)
                     shapes[path] = tuple(int(s) for s in info["shape"])
-                hashes[path] = _sha256(path)
+                hashes[path] = file_sha256(path)
             except OCTDataError as e:
                 bad[path] = e
             except Exception as e:  # a reader failing in an unexpected way is still a bad file, not a crash
@@ -810,7 +803,7 @@ def check_splits(datalist: Mapping[str, Any], *, hash_files: bool = True) -> Non
             sha = item.get(SHA256_KEY)
             if not sha and hash_files and isinstance(image, str) and os.path.isabs(image) and os.path.isfile(image):
                 if image not in hash_cache:
-                    hash_cache[image] = _sha256(Path(image))
+                    hash_cache[image] = file_sha256(image)
                 sha = hash_cache[image]
             if sha:
                 if image_key not in by_sha[sha][name]:
@@ -984,12 +977,7 @@ def write_datalist(path: str | os.PathLike, datalist: Mapping[str, Any]) -> Path
             v,
             len(clashes) - 1,
         )
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(out, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, json.dumps(out, indent=2) + "\n")
 
 
 def read_datalist_json(path: str | os.PathLike) -> dict[str, Any]:

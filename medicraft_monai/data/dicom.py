@@ -46,6 +46,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import DSfloat
 
+from medicraft_monai.utils import to_jsonable
+
 from .errors import (
     CorruptImageError,
     DataProblems,
@@ -495,16 +497,6 @@ def _frames_to_uint(frames: Any) -> np.ndarray:
     raise TypeError(f"frames must be uint8, uint16 or float in [0, 1], got dtype {arr.dtype}")
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (Path, PathLike)):
-        return str(value)
-    raise TypeError(f"provenance value {value!r} of type {type(value).__name__} is not JSON serialisable")
-
-
 def _scan_geometry(
     angle: float, n_cols: int, col_mm: float | None
 ) -> tuple[list[float], list[float], list[float], float]:
@@ -609,7 +601,7 @@ def write_oct_dicom(
             raise ValueError("provenance marks a synthetic image; pass synthetic=True")
     comments = None
     if provenance is not None:
-        comments = json.dumps({PROVENANCE_KEY: dict(provenance)}, sort_keys=True, default=_json_default)
+        comments = json.dumps(to_jsonable({PROVENANCE_KEY: dict(provenance)}, where="provenance"), sort_keys=True)
         if len(comments) > _MAX_LT_CHARS:
             raise ValueError(f"provenance JSON has {len(comments)} characters; ImageComments holds {_MAX_LT_CHARS}")
 

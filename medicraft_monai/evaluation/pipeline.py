@@ -19,10 +19,8 @@ where it stopped; the report (``report.md`` with PNG figures) and ``metrics.json
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from os import PathLike
@@ -36,6 +34,7 @@ from medicraft_monai.data.datalist import datalist_class_names, load_datalist
 from medicraft_monai.data.errors import EmptyDatasetError, OCTDataError, SplitLeakError
 from medicraft_monai.data.keys import OCTKeys
 from medicraft_monai.evaluation.settings import EvaluationSettings
+from medicraft_monai.utils import file_sha256, write_json_atomic
 
 __all__ = ["EvaluationError", "anatomy_checker", "evaluate_synthesis"]
 
@@ -50,10 +49,6 @@ class EvaluationError(ValueError):
 
 def _say(message: str) -> None:
     print(f"[medicraft evaluate] {message}", flush=True)
-
-
-def _sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _class_names(datalist: Mapping[str, Any], path: Path) -> list[str]:
@@ -85,7 +80,7 @@ class _Sections:
                     "choose another output folder or pass overwrite=True"
                 )
         else:
-            job.write_text(json.dumps(identity, indent=2))
+            write_json_atomic(job, identity)
 
     def get(self, name: str) -> dict[str, Any] | None:
         path = self.folder / f"{name}.json"
@@ -93,9 +88,7 @@ class _Sections:
 
     def put(self, name: str, value: Mapping[str, Any]) -> dict[str, Any]:
         path = self.folder / f"{name}.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(value, indent=2, default=_jsonable))
-        tmp.replace(path)
+        write_json_atomic(path, value)
         return json.loads(path.read_text())
 
     def run(self, name: str, compute: Callable[[], Mapping[str, Any]]) -> dict[str, Any]:
@@ -107,20 +100,6 @@ class _Sections:
         result = dict(compute())
         result["seconds"] = round(time.time() - start, 2)
         return self.put(name, result)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    raise TypeError(f"not JSON-able: {type(value).__name__}")
 
 
 def _cap_per_class(items: Sequence[dict[str, Any]], cap: int | None, seed: int) -> list[dict[str, Any]]:
@@ -208,8 +187,8 @@ def evaluate_synthesis(
         for p in [out / "evaluation_job.json", *(out / "sections").glob("*.json")]:
             p.unlink(missing_ok=True)
     identity = {
-        "real_datalist": _sha256_file(real_path),
-        "synthetic_datalist": _sha256_file(synth_path),
+        "real_datalist": file_sha256(real_path),
+        "synthetic_datalist": file_sha256(synth_path),
         "settings": s.to_dict() | {"progress": None},
     }
     sections = _Sections(out, identity)
@@ -315,7 +294,7 @@ def evaluate_synthesis(
     metrics["seconds"] = round(time.time() - start, 1)
     from medicraft_monai.evaluation.report import write_report
 
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_jsonable))
+    write_json_atomic(out / "metrics.json", metrics)
     report = write_report(out, metrics)
     _say(f"done in {metrics['seconds']:.0f} s: {report}")
     metrics["report"] = str(report)

@@ -45,6 +45,7 @@ from medicraft_monai.data.errors import DimensionalityError, OCTDataError
 from medicraft_monai.data.keys import OCTKeys
 from medicraft_monai.data.phantom import DEFECTS, BScanTruth, OCTPhantom, PhantomConfig
 from medicraft_monai.transforms.retina import REFERENCE_ROW_SPACING_MM, detect_retina_boundaries
+from medicraft_monai.utils import to_jsonable
 
 __all__ = [
     "CHECKS",
@@ -91,22 +92,8 @@ class AnatomyResult:
             "checks": dict(self.checks),
             "passed": bool(self.passed),
             "failures": list(self.failures),
-            "measurements": _jsonable(self.measurements),
+            "measurements": to_jsonable(self.measurements, ndigits=5, where="measurements"),
         }
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float):
-        return round(value, 5) if math.isfinite(value) else None
-    return value
 
 
 def _as_hw(image: Any, what: str | None = None) -> np.ndarray:

@@ -22,6 +22,7 @@ Bundle helpers (``$medicraft_monai.metrics.classification.<name>(...)`` in ``bun
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -40,6 +41,7 @@ from ignite.engine import Engine, Events
 from medicraft_monai.data.datalist import datalist_class_names as _datalist_class_names
 from medicraft_monai.data.errors import EmptyDatasetError, OCTDataError, UnknownLabelError
 from medicraft_monai.data.keys import OCTKeys
+from medicraft_monai.utils import write_text_atomic
 
 __all__ = [
     "DEFAULT_CLASS_NAMES",
@@ -371,12 +373,6 @@ def loss_class_weights(
 # --------------------------------------------------------------------------------------------------------------------
 # bundle helpers: engines
 # --------------------------------------------------------------------------------------------------------------------
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 class ClassificationResultsWriter:
     """Collect an evaluator's per-image class probabilities and write them when the run completes.
 
@@ -454,16 +450,18 @@ class ClassificationResultsWriter:
             rec["predicted_class"] = names[int(np.argmax(p))]
             rec["probabilities"] = {n: float(v) for n, v in zip(names, p)}
             records.append(rec)
-        _atomic_write(out / "predictions.json", json.dumps({"class_names": names, "predictions": records}, indent=2))
-        with open(out / "predictions.csv.tmp", "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["image", "true_class", "predicted_class", *[f"prob_{n}" for n in names]])
-            for rec in records:
-                writer.writerow(
-                    [rec["image"], rec.get("true_class", ""), rec["predicted_class"]]
-                    + [f"{rec['probabilities'][n]:.6f}" for n in names]
-                )
-        os.replace(out / "predictions.csv.tmp", out / "predictions.csv")
+        write_text_atomic(
+            out / "predictions.json", json.dumps({"class_names": names, "predictions": records}, indent=2)
+        )
+        table = io.StringIO()
+        writer = csv.writer(table)
+        writer.writerow(["image", "true_class", "predicted_class", *[f"prob_{n}" for n in names]])
+        for rec in records:
+            writer.writerow(
+                [rec["image"], rec.get("true_class", ""), rec["predicted_class"]]
+                + [f"{rec['probabilities'][n]:.6f}" for n in names]
+            )
+        write_text_atomic(out / "predictions.csv", table.getvalue())
         logger.info("wrote %d predictions to %s", len(records), out / "predictions.csv")
         self.result = {"predictions": records}
         if not self.metrics or not self.rows or any(r["label"] is None for r in self.rows):
@@ -471,7 +469,7 @@ class ClassificationResultsWriter:
         y = [r["label"] for r in self.rows]
         probs = torch.stack([r["prob"] for r in self.rows])
         result = classification_metrics(y, probs, names)
-        _atomic_write(out / "metrics.json", json.dumps(result, indent=2))
+        write_text_atomic(out / "metrics.json", json.dumps(result, indent=2))
         save_confusion_matrix(
             result["confusion_matrix"],
             names,

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from medicraft_monai.data.phantom.config import LAYER_BOUNDARIES
+from medicraft_monai.utils import to_jsonable
 
 __all__ = ["BScanTruth", "PhantomExam", "load_phantom_truth"]
 
@@ -178,7 +179,7 @@ class PhantomExam:
             "defect": self.defect,
             "seed": int(self.seed),
             "image_shape": list(self.images.shape),
-            "meta": _jsonable(self.meta),
+            "meta": to_jsonable(self.meta, ndigits=6, where="meta"),
             "planes": [t.summary() for t in self.truths],
         }
 
@@ -228,17 +229,3 @@ def load_phantom_truth(path: str | PathLike) -> list[BScanTruth]:
             )
         )
     return truths
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float):
-        return round(value, 6)
-    return value

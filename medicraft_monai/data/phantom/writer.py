@@ -28,7 +28,7 @@ from medicraft_monai.data.phantom.config import (
     _rng,
 )
 from medicraft_monai.data.phantom.renderer import OCTPhantom
-from medicraft_monai.data.phantom.truth import _jsonable
+from medicraft_monai.utils import to_jsonable
 
 __all__ = ["make_phantom_dataset", "write_phantom_dataset"]
 
@@ -311,7 +311,7 @@ def write_phantom_dataset(
         "classes": class_map,
         "exams_per_class": dict(zip(names, counts)),
         "defects": {d: plan.count(d) for d in DEFECTS if d in plan},
-        "config": _jsonable(asdict(config)),
+        "config": to_jsonable(asdict(config), ndigits=6, where="config"),
         "exams": exam_records,
     }
     (out / "phantom_summary.json").write_text(json.dumps(summary, indent=1))
