@@ -39,9 +39,10 @@ from medicraft_monai.deploy.classifier import (
 )
 from medicraft_monai.deploy.inputs import read_input_frames
 from medicraft_monai.deploy.synthesis import SynthesisRequest, resolve_bundle, synthesize
+from medicraft_monai.engines.records import GeneratorError
 from medicraft_monai.networks import randomise_zero_weights
 from medicraft_monai.networks.bundle import configured_class_names
-from medicraft_monai.synthesis.generator import DiffusionGenerator, GeneratorError
+from medicraft_monai.synthesis.generator import DiffusionGenerator
 from medicraft_monai.synthesis.writers import to_uint
 
 REPO = Path(__file__).resolve().parents[1]

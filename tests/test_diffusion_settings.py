@@ -23,7 +23,8 @@ from monai.networks.nets import DiffusionModelUNet
 from test_oct_ddpm import TINY_NET, TINY_TRAIN, bundle_cmd, datalist, run  # noqa: F401
 
 from medicraft_monai.engines import DiffusionSettingsWriter
-from medicraft_monai.synthesis.generator import DiffusionGenerator, GeneratorError, check_diffusion_settings
+from medicraft_monai.engines.records import GeneratorError, check_diffusion_settings
+from medicraft_monai.synthesis.generator import DiffusionGenerator
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = REPO_ROOT / "bundles"

@@ -18,13 +18,12 @@ from monai.networks.nets import AutoencoderKL, DiffusionModelUNet, PatchDiscrimi
 from medicraft_monai.data.latent_cache import build_latent_cache
 from medicraft_monai.engines.latent import (
     AutoencoderKLUpdate,
-    LatentInfoWriter,
     load_frozen_autoencoder,
     output_scalars,
-    read_latent_info,
     unit_range_pair,
 )
 from medicraft_monai.engines.losses import kl_loss
+from medicraft_monai.engines.records import GeneratorError, LatentInfoWriter, read_latent_info
 from medicraft_monai.inferers.conditional import ClassConditionedDiffusionInferer, seeded_noise
 from medicraft_monai.inferers.latent import (
     AutoencoderReconstructionInferer,
@@ -33,7 +32,7 @@ from medicraft_monai.inferers.latent import (
 )
 from medicraft_monai.networks import randomise_zero_weights
 from medicraft_monai.schedulers import make_scheduler
-from medicraft_monai.synthesis.generator import DiffusionGenerator, GeneratorError
+from medicraft_monai.synthesis.generator import DiffusionGenerator
 from medicraft_monai.utils import file_sha256
 from tests._numerics import sampling_atol
 

@@ -30,8 +30,9 @@ from _subprocess import run_group
 from monai.networks.nets import DiffusionModelUNet
 
 from medicraft_monai.data import OCTDataError, UnknownLabelError, load_datalist, read_bscan, write_datalist
+from medicraft_monai.engines.records import GeneratorError
 from medicraft_monai.networks import randomise_zero_weights
-from medicraft_monai.synthesis.generator import DiffusionGenerator, GeneratorError
+from medicraft_monai.synthesis.generator import DiffusionGenerator
 from medicraft_monai.synthesis.job import MANIFEST_FIELDS
 from medicraft_monai.synthesis.multiply import multiply
 from medicraft_monai.synthesis.plan import image_seed, parse_target, plan_counts, plan_tasks

@@ -25,8 +25,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from medicraft_monai.data import build_datalist, check_datalist_classes, read_bscan, write_datalist
 from medicraft_monai.data.errors import EmptyDatasetError, OCTDataError, UnknownLabelError
+from medicraft_monai.engines.records import GeneratorError
 from medicraft_monai.networks import latest_checkpoint, verify_bundle_network
-from medicraft_monai.synthesis import DiffusionGenerator, GeneratorError
+from medicraft_monai.synthesis import DiffusionGenerator
 from medicraft_monai.synthesis.sample import sample_to_folder, synthetic_png_path
 from medicraft_monai.utils import file_sha256
 

@@ -25,7 +25,8 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from medicraft_monai.data import build_datalist, load_datalist, read_bscan, write_datalist
-from medicraft_monai.synthesis import DiffusionGenerator, GeneratorError, multiply
+from medicraft_monai.engines.records import GeneratorError
+from medicraft_monai.synthesis import DiffusionGenerator, multiply
 from medicraft_monai.synthesis.sample import synthetic_png_path
 from medicraft_monai.utils import file_sha256
 

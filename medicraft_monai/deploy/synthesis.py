@@ -32,7 +32,8 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
-from medicraft_monai.synthesis.generator import DiffusionGenerator, GeneratorError
+from medicraft_monai.engines.records import GeneratorError
+from medicraft_monai.synthesis.generator import DiffusionGenerator
 from medicraft_monai.synthesis.job import MANIFEST_CSV, MANIFEST_JSONL, SynthesisJob, check_output_dir
 from medicraft_monai.synthesis.plan import IMAGES_DIR, plan_tasks
 from medicraft_monai.synthesis.writers import check_format

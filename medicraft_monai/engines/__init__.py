@@ -1,31 +1,46 @@
-"""Engine pieces for ignite/MONAI workflows: prepare-batch callables, iteration updates, losses and handlers (pixel and
-latent diffusion)."""
+"""Engine pieces for ignite/MONAI workflows: prepare-batch callables, iteration updates, losses, handlers (pixel and
+latent diffusion) and the training records written next to the weights (with their checks)."""
 
 from __future__ import annotations
 
-from .handlers import ClassSampleGridHandler, DiffusionSettingsWriter
+from .handlers import ClassSampleGridHandler
 from .latent import (
     AutoencoderKLUpdate,
-    LatentInfoWriter,
     ReconstructionGridHandler,
     ReconstructionPrepareBatch,
     load_frozen_autoencoder,
 )
 from .losses import kl_loss
 from .prepare_batch import ClassConditionedPrepareBatch
+from .records import (
+    DIFFUSION_SETTINGS_FILE,
+    LATENT_INFO_FILE,
+    DiffusionSettingsWriter,
+    GeneratorError,
+    LatentInfoWriter,
+    TrainingRecordWriter,
+    check_diffusion_settings,
+    read_latent_info,
+)
 from .training_handlers import EMAWarmupSync, FixedSeedHandler, ProgressBarHandler
 
 __all__ = [
+    "DIFFUSION_SETTINGS_FILE",
+    "LATENT_INFO_FILE",
     "AutoencoderKLUpdate",
     "ClassConditionedPrepareBatch",
     "ClassSampleGridHandler",
     "DiffusionSettingsWriter",
     "EMAWarmupSync",
     "FixedSeedHandler",
+    "GeneratorError",
     "LatentInfoWriter",
     "ProgressBarHandler",
     "ReconstructionGridHandler",
     "ReconstructionPrepareBatch",
+    "TrainingRecordWriter",
+    "check_diffusion_settings",
     "kl_loss",
     "load_frozen_autoencoder",
+    "read_latent_info",
 ]

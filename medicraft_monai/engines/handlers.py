@@ -1,12 +1,17 @@
-"""Ignite handlers for diffusion training: per-class sample grids in TensorBoard (and as PNG files), and the
-diffusion settings written next to the weights (``diffusion.json``) so that sampling can check them."""
+"""Image-grid handlers: one base (:class:`ImageGridHandler`) draws a grid, adds it to TensorBoard and saves it as a
+PNG file; :class:`ClassSampleGridHandler` draws per-class samples of a diffusion model.
+
+The other members of the family draw reconstructions
+(:class:`~medicraft_monai.engines.latent.ReconstructionGridHandler`) and restorations
+(:class:`~medicraft_monai.ssl.handlers.RestorationImageHandler`).
+
+The records written next to the weights (``diffusion.json``, ``latent.json``) are :mod:`medicraft_monai.engines.records`.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -16,14 +21,80 @@ import torch
 from ignite.engine import Engine, Events
 
 from medicraft_monai.inferers.conditional import ClassConditionedDiffusionInferer, seeded_noise
+from medicraft_monai.utils import atomic_write
 from medicraft_monai.visualize import image_grid
 
-__all__ = ["ClassSampleGridHandler", "DiffusionSettingsWriter"]
+__all__ = ["ClassSampleGridHandler", "ImageGridHandler"]
 
 logger = logging.getLogger(__name__)
 
 
-class ClassSampleGridHandler:
+class ImageGridHandler:
+    """Base of the image-grid handlers: draw a grid, add it to TensorBoard and save it as a PNG file.
+
+    A subclass chooses what to draw (:meth:`draw`, a uint8 (H, W) grid, or ``None`` to skip) and, if it must, when
+    (:meth:`attach`; by default every ``interval`` epochs and once at the end of training) and under which file name
+    (:attr:`png_name`). This base adds the grid to TensorBoard (``summary_writer.add_image``) with the engine's epoch
+    as the step and, when ``output_dir`` is given, writes it atomically (a reader never sees a partial PNG).
+
+    Args:
+        summary_writer: a ``torch.utils.tensorboard.SummaryWriter`` (or ``None``: PNG only).
+        output_dir: folder for the PNG grids (or ``None``: TensorBoard only).
+        tag: TensorBoard tag.
+        interval: epochs between grids.
+    """
+
+    #: file name of a grid in ``output_dir``, formatted with ``tag`` and ``step``
+    png_name = "{tag}_epoch_{step:04d}.png"
+
+    def __init__(
+        self,
+        summary_writer: Any = None,
+        output_dir: str | PathLike | None = None,
+        tag: str = "images",
+        interval: int = 1,
+    ) -> None:
+        self.summary_writer = summary_writer
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.tag = tag
+        self.interval = max(1, int(interval))
+
+    def attach(self, engine: Engine) -> None:
+        """Run every ``interval`` epochs and once at the end of training."""
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
+        engine.add_event_handler(Events.COMPLETED, self._at_end)
+
+    def _at_end(self, engine: Engine) -> None:
+        if engine.state.epoch % self.interval != 0:
+            self(engine)
+
+    def draw(self, engine: Engine) -> np.ndarray | None:
+        """The uint8 (H, W) grid to log now, or ``None`` to log nothing."""
+        raise NotImplementedError
+
+    def log_grid(self, grid: np.ndarray, step: int) -> Path | None:
+        """Add ``grid`` to TensorBoard at ``step`` and write it as a PNG file; return the file (if written)."""
+        grid = np.asarray(grid).astype(np.uint8)
+        if self.summary_writer is not None:
+            self.summary_writer.add_image(self.tag, grid[None], global_step=step, dataformats="CHW")
+            self.summary_writer.flush()
+        if self.output_dir is None:
+            return None
+        from PIL import Image
+
+        path = self.output_dir / self.png_name.format(tag=self.tag, step=step)
+        return atomic_write(path, lambda tmp: Image.fromarray(grid).save(tmp, format="PNG"))
+
+    def __call__(self, engine: Engine) -> None:
+        grid = self.draw(engine)
+        if grid is None:
+            return
+        step = int(engine.state.epoch)
+        self.log_grid(grid, step)
+        logger.info("epoch %d: logged a %s %s grid", step, "x".join(map(str, grid.shape)), self.tag)
+
+
+class ClassSampleGridHandler(ImageGridHandler):
     """Every ``interval`` epochs, sample a few images per class and log them as one grid (a row per class).
 
     The grid goes to TensorBoard (``summary_writer.add_image``) and, when ``output_dir`` is given, to
@@ -46,6 +117,8 @@ class ClassSampleGridHandler:
         seed: seed of the first sample; the others follow.
     """
 
+    png_name = "samples_epoch_{step:04d}.png"
+
     def __init__(
         self,
         network: torch.nn.Module,
@@ -58,10 +131,11 @@ class ClassSampleGridHandler:
         guidance_scale: float | None = None,
         interval: int = 1,
         summary_writer=None,
-        output_dir: str | Path | None = None,
+        output_dir: str | PathLike | None = None,
         tag: str = "samples_per_class",
         seed: int = 0,
     ) -> None:
+        super().__init__(summary_writer=summary_writer, output_dir=output_dir, tag=tag, interval=interval)
         self.network = network
         self.inferer = inferer
         self.class_names = list(class_names)
@@ -70,20 +144,7 @@ class ClassSampleGridHandler:
         self.num_inference_steps = num_inference_steps
         self.per_class = int(per_class)
         self.guidance_scale = guidance_scale
-        self.interval = max(1, int(interval))
-        self.summary_writer = summary_writer
-        self.output_dir = Path(output_dir) if output_dir is not None else None
-        self.tag = tag
         self.seed = int(seed)
-
-    def attach(self, engine: Engine) -> None:
-        """Run every ``interval`` epochs and once at the end of training."""
-        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
-        engine.add_event_handler(Events.COMPLETED, self._at_end)
-
-    def _at_end(self, engine: Engine) -> None:
-        if engine.state.epoch % self.interval != 0:
-            self(engine)
 
     def sample_grid(self, device: torch.device | str = "cpu") -> np.ndarray:
         """Sample ``per_class`` images of every class and return the grid as a uint8 (H, W) array."""
@@ -113,77 +174,5 @@ class ClassSampleGridHandler:
         h, w = self.image_shape[-2:]
         return image_grid(rows, row_labels=self.class_names, tile_size=(h, w), pad=2, label_width=80)
 
-    def __call__(self, engine: Engine) -> None:
-        device = next(self.network.parameters()).device
-        grid = self.sample_grid(device)
-        epoch = engine.state.epoch
-        if self.summary_writer is not None:
-            self.summary_writer.add_image(self.tag, grid[None], global_step=epoch)
-            self.summary_writer.flush()
-        if self.output_dir is not None:
-            from PIL import Image
-
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(grid).save(self.output_dir / f"samples_epoch_{epoch:04d}.png")
-        logger.info("epoch %d: logged a %s sample grid", epoch, "x".join(map(str, grid.shape)))
-
-
-def _jsonable(value: Any, where: str) -> Any:
-    """``value`` as plain JSON types: tuples become lists, numpy/torch scalars Python numbers."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v, f"{where}.{k}") for k, v in value.items()}
-    if isinstance(value, (str, bool)) or value is None:
-        return value
-    if isinstance(value, (int, float)):
-        return value
-    if isinstance(value, (np.generic, torch.Tensor)) and np.ndim(value) == 0:
-        return value.item()
-    if isinstance(value, (Sequence, np.ndarray, torch.Tensor)):
-        return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    raise TypeError(f"diffusion setting {where} = {value!r} ({type(value).__name__}) is not JSON-able")
-
-
-class DiffusionSettingsWriter:
-    """Write the settings a diffusion model is trained with (``diffusion.json``) when training starts.
-
-    Weights sampled with another prediction type, noise schedule, number of training timesteps or class list than
-    they were trained with give pure noise without any error; sampling therefore reads this file back
-    (:func:`medicraft_monai.synthesis.generator.check_diffusion_settings`) and refuses a config that differs.
-    Write it next to ``model.pt`` (the bundles' ``@ckpt_dir``). The file is replaced atomically.
-
-    Args:
-        path: the JSON file (``models/diffusion.json``).
-        settings: JSON-able values (tuples are written as lists), e.g. ``{"prediction_type": "v_prediction",
-            "noise_schedule": "linear_beta", "num_train_timesteps": 1000, "class_names": [...], "image_size":
-            [128, 256]}``.
-        resume: the run resumes from a checkpoint (the bundles' ``resume`` key). Then a ``diffusion.json``
-            already there must hold the same settings: resuming weights trained with another prediction type,
-            schedule or class list would mix two trainings and overwrite the record of the first, so training
-            stops before the first iteration with an error that names the differing keys.
-
-    Raises:
-        TypeError: a setting that cannot be written as JSON.
-        GeneratorError: (when training starts) resuming with settings other than the recorded ones.
-    """
-
-    def __init__(self, path: str | PathLike, settings: Mapping[str, Any], resume: bool = False) -> None:
-        self.path = Path(path)
-        self.resume = bool(resume)
-        self.settings = _jsonable(dict(settings), "settings")
-        json.dumps(self.settings)  # fail when the config is parsed, not when training starts
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, self)
-
-    def __call__(self, engine: Engine | None = None) -> None:
-        if self.resume and self.path.is_file():
-            from medicraft_monai.synthesis.generator import check_diffusion_settings
-
-            check_diffusion_settings(
-                self.path.parent, self.settings, use="resumes training with", settings_file=self.path
-            )
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps(self.settings, indent=2) + "\n")
-        os.replace(tmp, self.path)
-        logger.info("diffusion settings written to %s", self.path)
+    def draw(self, engine: Engine) -> np.ndarray:
+        return self.sample_grid(next(self.network.parameters()).device)

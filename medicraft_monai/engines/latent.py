@@ -11,13 +11,12 @@ and reconstructed images.
 Stage 2 (diffusion) loads the frozen autoencoder (:func:`load_frozen_autoencoder`), encodes its training images once
 (:func:`medicraft_monai.data.latent_cache.build_latent_cache`) and draws latents from the cached posteriors
 (:class:`medicraft_monai.transforms.SampleLatentd`), scaled by the cache's scale factor (1 / standard deviation of the
-latents), which :class:`LatentInfoWriter` stores in ``models/latent.json`` next to the diffusion weights for
-inference (:func:`read_latent_info`).
+latents), which :class:`~medicraft_monai.engines.records.LatentInfoWriter` stores in ``models/latent.json`` next to
+the diffusion weights for inference (:func:`~medicraft_monai.engines.records.read_latent_info`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from os import PathLike
@@ -26,24 +25,21 @@ from typing import Any
 
 import numpy as np
 import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 
-from medicraft_monai.data.latent_cache import LatentCache
+from medicraft_monai.engines.handlers import ImageGridHandler
 from medicraft_monai.engines.losses import kl_loss
 from medicraft_monai.inferers.autocast import autocast_context, autocast_dtype
 from medicraft_monai.networks.checkpoint import load_weights
-from medicraft_monai.utils import file_sha256, write_json_atomic
 from medicraft_monai.visualize import image_grid
 
 __all__ = [
     "AutoencoderKLUpdate",
-    "LatentInfoWriter",
     "ReconstructionGridHandler",
     "ReconstructionPrepareBatch",
     "first_images",
     "load_frozen_autoencoder",
     "output_scalars",
-    "read_latent_info",
     "unit_range_pair",
 ]
 
@@ -187,7 +183,7 @@ def unit_range_pair(output: Any, pred_key: str = "pred", label_key: str = "label
     return unit(preds), unit(targets)
 
 
-class ReconstructionGridHandler:
+class ReconstructionGridHandler(ImageGridHandler):
     """Every ``interval`` epochs, log real images and their reconstructions as one grid (real row, reconstruction row).
 
     Args:
@@ -199,6 +195,8 @@ class ReconstructionGridHandler:
         tag: TensorBoard tag.
     """
 
+    png_name = "reconstructions_epoch_{step:04d}.png"
+
     def __init__(
         self,
         network: torch.nn.Module,
@@ -208,18 +206,11 @@ class ReconstructionGridHandler:
         output_dir: str | PathLike | None = None,
         tag: str = "reconstructions",
     ) -> None:
+        super().__init__(summary_writer=summary_writer, output_dir=output_dir, tag=tag, interval=interval)
         self.network = network
         self.images = torch.as_tensor(images).float()
         if self.images.ndim != 4 or not len(self.images):
             raise ValueError(f"images must be a non-empty (N, C, H, W) batch, got shape {tuple(self.images.shape)}")
-        self.interval = max(1, int(interval))
-        self.summary_writer = summary_writer
-        self.output_dir = Path(output_dir) if output_dir is not None else None
-        self.tag = tag
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
-        engine.add_event_handler(Events.COMPLETED, lambda e: None if e.state.epoch % self.interval == 0 else self(e))
 
     def grid(self) -> np.ndarray:
         """The uint8 (H, W) grid: the fixed images in the first row, their reconstructions in the second."""
@@ -236,16 +227,8 @@ class ReconstructionGridHandler:
         h, w = self.images.shape[-2:]
         return image_grid(show, row_labels=["real", "reconstructed"], tile_size=(h, w), pad=2, label_width=90)
 
-    def __call__(self, engine: Engine) -> None:
-        grid = self.grid()
-        if self.summary_writer is not None:
-            self.summary_writer.add_image(self.tag, grid[None], global_step=engine.state.epoch)
-            self.summary_writer.flush()
-        if self.output_dir is not None:
-            from PIL import Image
-
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(grid).save(self.output_dir / f"reconstructions_epoch_{engine.state.epoch:04d}.png")
+    def draw(self, engine: Engine) -> np.ndarray:
+        return self.grid()
 
 
 def first_images(dataset: Sequence[Mapping[str, Any]], n: int, key: str = "image") -> torch.Tensor:
@@ -281,75 +264,6 @@ def load_frozen_autoencoder(
     if device is not None:
         network.to(device)
     return network.eval().requires_grad_(False)
-
-
-class LatentInfoWriter:
-    """Write ``latent.json`` (scale factor, autoencoder checksum, latent shape) when training starts.
-
-    Inference reads it (:func:`read_latent_info`), so sampling divides by the same scale factor the diffusion model
-    was trained with, and refuses an autoencoder other than the one that encoded the training latents.
-
-    Args:
-        path: the JSON file (``models/latent.json``).
-        cache: the training split's :class:`LatentCache`.
-    """
-
-    def __init__(self, path: str | PathLike, cache: LatentCache) -> None:
-        self.path = Path(path)
-        self.cache = cache
-
-    def info(self) -> dict[str, Any]:
-        return {
-            "scale_factor": self.cache.scale_factor,
-            "autoencoder_sha256": self.cache.autoencoder_sha256,
-            "latent_shape": [int(s) for s in self.cache.mu.shape[2:]],
-            "num_training_images": len(self.cache),
-            "latent_cache": self.cache.path.name,
-        }
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, self)
-
-    def __call__(self, engine: Engine | None = None) -> None:
-        write_json_atomic(self.path, self.info())
-        logger.info("latent scale factor %.5f written to %s", self.cache.scale_factor, self.path)
-
-
-def read_latent_info(path: str | PathLike, autoencoder_ckpt_path: str | PathLike | None = None) -> dict[str, Any]:
-    """Read ``latent.json`` written by diffusion training, checking it belongs to the given autoencoder.
-
-    Raises:
-        GeneratorError: the file is missing or malformed, or the autoencoder checkpoint is not the one the
-            diffusion model was trained on.
-    """
-    from medicraft_monai.synthesis.generator import GeneratorError
-
-    p = Path(path)
-    if not p.is_file():
-        raise GeneratorError(
-            f"{p}: latent.json not found (it holds the latent scale factor); train the diffusion stage first "
-            "(configs/train.json) or set --latent_info_path"
-        )
-    try:
-        info = json.loads(p.read_text())
-        scale = float(info["scale_factor"])
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise GeneratorError(f"{p}: malformed latent.json ({err})") from None
-    if not scale > 0:
-        raise GeneratorError(f"{p}: the scale factor must be positive, got {scale}")
-    if autoencoder_ckpt_path is not None:
-        ae = Path(autoencoder_ckpt_path)
-        if not ae.is_file():
-            raise GeneratorError(
-                f"{ae}: autoencoder checkpoint not found (train stage 1 or set --autoencoder_ckpt_path)"
-            )
-        sha = file_sha256(ae)
-        if info.get("autoencoder_sha256") and info["autoencoder_sha256"] != sha:
-            raise GeneratorError(
-                f"{ae}: this autoencoder is not the one the diffusion model was trained with "
-                f"(sha256 {sha[:12]}..., {p.name} expects {str(info['autoencoder_sha256'])[:12]}...)"
-            )
-    return info
 
 
 def output_scalars(keys: Sequence[str], prefix: str = "train/") -> Any:

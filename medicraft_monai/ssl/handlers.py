@@ -1,15 +1,18 @@
-"""Ignite handlers for context restoration: before/after pictures in TensorBoard (and as PNG files)."""
+"""Ignite handlers for context restoration: before/after pictures in TensorBoard (and as PNG files), a member of the
+image-grid family (:class:`~medicraft_monai.engines.handlers.ImageGridHandler` logs and saves what it draws)."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+
+from medicraft_monai.engines.handlers import ImageGridHandler
+from medicraft_monai.visualize import image_grid
 
 __all__ = ["RestorationImageHandler"]
 
@@ -24,7 +27,7 @@ def _stack(value: Any, key: str) -> torch.Tensor | None:
     return None
 
 
-class RestorationImageHandler:
+class RestorationImageHandler(ImageGridHandler):
     """At the first iteration of every run (a validation run, or each training epoch), log a picture of the batch:
     rows corrupted input, restored output (clipped to [0, 1]) and original.
 
@@ -38,6 +41,8 @@ class RestorationImageHandler:
         image_key, target_key, pred_key: batch and output keys of the corrupted, original and restored images.
     """
 
+    png_name = "{tag}_epoch{step}.png"
+
     def __init__(
         self,
         summary_writer: Any = None,
@@ -48,38 +53,26 @@ class RestorationImageHandler:
         target_key: str = "label",
         pred_key: str = "pred",
     ) -> None:
-        self.writer = summary_writer
+        super().__init__(summary_writer=summary_writer, output_dir=output_dir, tag=tag)
         self.max_images = int(max_images)
-        self.tag = tag
-        self.output_dir = None if output_dir is None else Path(output_dir)
         self.keys = (image_key, pred_key, target_key)
 
     def attach(self, engine: Engine) -> None:
+        """Run after every iteration; :meth:`draw` keeps the first of each epoch."""
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
-    def __call__(self, engine: Engine) -> None:
+    def draw(self, engine: Engine) -> np.ndarray | None:
         length = engine.state.epoch_length or 0
         first_of_epoch = length > 0 and (engine.state.iteration - 1) % length == 0
         if not (first_of_epoch or engine.state.iteration == 1):
-            return
-        from medicraft_monai.visualize import image_grid
-
+            return None
         image = _stack(engine.state.batch, self.keys[0])
         pred = _stack(engine.state.output, self.keys[1])
         target = _stack(engine.state.batch, self.keys[2])
         if image is None or pred is None or target is None:
-            return
+            return None
         n = min(self.max_images, image.shape[0])
         rows = [[t[i, 0].detach().float().cpu().clamp(0, 1).numpy() for i in range(n)] for t in (image, pred, target)]
         h, w = rows[0][0].shape
         scale = max(1.0, 96.0 / h)
-        grid = image_grid(rows, ["corrupted", "restored", "original"], tile_size=(int(h * scale), int(w * scale)))
-        step = int(engine.state.epoch)
-        if self.writer is not None:
-            self.writer.add_image(self.tag, grid[None].astype(np.uint8), step, dataformats="CHW")
-            self.writer.flush()
-        if self.output_dir is not None:
-            from PIL import Image
-
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(grid).save(self.output_dir / f"{self.tag}_epoch{step}.png")
+        return image_grid(rows, ["corrupted", "restored", "original"], tile_size=(int(h * scale), int(w * scale)))

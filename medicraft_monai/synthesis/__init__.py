@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .generator import DiffusionGenerator, GeneratorError
+from .generator import DiffusionGenerator
 from .job import MANIFEST_FIELDS, SynthesisJob, synthetic_datalist_item
 from .multiply import multiply
 from .plan import ImageTask, Target, image_seed, parse_target, plan_counts, plan_tasks
@@ -12,7 +12,6 @@ __all__ = [
     "FORMATS",
     "MANIFEST_FIELDS",
     "DiffusionGenerator",
-    "GeneratorError",
     "ImageTask",
     "SynthesisJob",
     "Target",

@@ -17,7 +17,8 @@ The contract of ``configs/inference.json`` (keys a generator bundle defines):
 - ``sampler``, ``num_inference_steps``, ``guidance_scale``: sampling defaults.
 - ``diffusion_settings`` (optional): the settings the weights must have been trained with (``prediction_type``,
   ``noise_schedule``, ``num_train_timesteps``, ``class_names``, ``image_size``...); they are checked against the
-  ``diffusion.json`` that training writes next to the weights (:func:`check_diffusion_settings`).
+  ``diffusion.json`` that training writes next to the weights
+  (:func:`~medicraft_monai.engines.records.check_diffusion_settings`).
 
 An inferer that holds further weights (the autoencoder of a latent generator) may expose ``checksums``, a mapping
 ``{name: sha256}``; they go into the provenance as ``<name>_sha256`` next to ``model_sha256``.
@@ -25,9 +26,7 @@ An inferer that holds further weights (the autoencoder of a latent generator) ma
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
@@ -39,135 +38,14 @@ import torch
 from monai.bundle import ConfigParser
 
 from medicraft_monai.bundles import config_files
+from medicraft_monai.engines.records import GeneratorError, check_diffusion_settings
 from medicraft_monai.inferers.conditional import seeded_noise
 from medicraft_monai.networks.checkpoint import CheckpointError, load_state_dict
-from medicraft_monai.utils import file_sha256, to_jsonable
+from medicraft_monai.utils import file_sha256
 
-__all__ = ["DIFFUSION_SETTINGS_FILE", "DiffusionGenerator", "GeneratorError", "check_diffusion_settings"]
+__all__ = ["DiffusionGenerator"]
 
 logger = logging.getLogger(__name__)
-
-#: the file diffusion training writes next to its weights (``medicraft_monai.engines.DiffusionSettingsWriter``)
-DIFFUSION_SETTINGS_FILE = "diffusion.json"
-
-
-class GeneratorError(ValueError):
-    """A generator bundle or checkpoint that cannot be used (missing, mismatched or malformed)."""
-
-
-_warned_unchecked: set[str] = set()
-
-
-def _comparable(key: str, value: Any) -> Any:
-    """A setting in the form it is compared in: class names as str, the image size as int, numbers as float."""
-    if key == "class_names":
-        return [str(c) for c in value]
-    if key == "image_size":
-        return [int(v) for v in value]
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if isinstance(value, (int, float, np.number)):
-        return float(value)
-    if isinstance(value, Mapping):
-        return {str(k): _comparable("", v) for k, v in value.items()}
-    if isinstance(value, (Sequence, np.ndarray, torch.Tensor)):
-        return [_comparable("", v) for v in value]
-    return value
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, float) and isinstance(b, float):
-        return math.isclose(a, b, rel_tol=1e-9, abs_tol=0.0)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    return type(a) is type(b) and a == b
-
-
-def _cli_value(value: Any) -> str:
-    """How a value is given on the ``monai.bundle run`` command line."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (list, tuple, dict)):
-        return f'"{value!r}"'
-    return repr(value)
-
-
-def check_diffusion_settings(
-    ckpt_path: str | PathLike,
-    expected: Mapping[str, Any],
-    use: str = "samples with",
-    settings_file: str | PathLike | None = None,
-) -> dict[str, Any] | None:
-    """Check that weights were trained with the settings a config samples with.
-
-    Reads ``diffusion.json`` in the checkpoint's folder (written by
-    :class:`~medicraft_monai.engines.DiffusionSettingsWriter` when training starts) and compares every key present
-    both there and in ``expected``: ``class_names`` as lists of str, ``image_size`` as lists of int, numbers as
-    float. Weights sampled with another prediction type, noise schedule, number of training timesteps or class list
-    give pure noise without any other error, hence the check.
-
-    Args:
-        ckpt_path: the weights (``models/model.pt``).
-        expected: the config's settings (its ``diffusion_settings``).
-        use: what the config does with the weights, for the message ("samples with", "resumes training with").
-        settings_file: the settings file (default: ``diffusion.json`` in the checkpoint's folder).
-
-    Returns:
-        the recorded settings, or ``None`` when there is no ``diffusion.json`` (weights trained before it existed:
-        a warning, once per folder, says they cannot be checked).
-
-    Raises:
-        GeneratorError: a malformed ``diffusion.json``, or a setting that differs (the message names every differing
-            key with both values and the override that fixes it).
-    """
-    ckpt = Path(ckpt_path)
-    path = Path(settings_file) if settings_file is not None else ckpt.parent / DIFFUSION_SETTINGS_FILE
-    if not path.is_file():
-        if str(path.parent) not in _warned_unchecked:
-            _warned_unchecked.add(str(path.parent))
-            logger.warning(
-                "%s: no %s next to the weights (trained before it existed?): the prediction type, noise schedule, "
-                "timesteps and classes they were trained with cannot be checked",
-                ckpt,
-                DIFFUSION_SETTINGS_FILE,
-            )
-        return None
-    try:
-        recorded = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise GeneratorError(f"{path}: malformed {DIFFUSION_SETTINGS_FILE} ({err})") from None
-    if not isinstance(recorded, dict):
-        raise GeneratorError(
-            f"{path}: malformed {DIFFUSION_SETTINGS_FILE} (expected a JSON object, got {type(recorded).__name__})"
-        )
-    differing = []
-    for key, want in expected.items():
-        if key not in recorded:
-            continue
-        try:
-            trained, sampled = _comparable(key, recorded[key]), _comparable(key, want)
-        except (TypeError, ValueError) as err:
-            raise GeneratorError(
-                f"{path}: malformed {DIFFUSION_SETTINGS_FILE}: {key!r} is {recorded[key]!r} ({err})"
-            ) from None
-        if not _same(trained, sampled):
-            differing.append(key)
-    if differing:
-        if len(differing) == 1:
-            key = differing[0]
-            trained_txt = f"{key}={recorded[key]!r}"
-            sampled_txt = repr(to_jsonable(expected[key]))
-        else:
-            trained_txt = ", ".join(f"{k}={recorded[k]!r}" for k in differing)
-            sampled_txt = ", ".join(f"{k}={to_jsonable(expected[k])!r}" for k in differing)
-        fix = " ".join(f"--{k} {_cli_value(recorded[k])}" for k in differing)
-        raise GeneratorError(
-            f"{ckpt}: these weights were trained with {trained_txt} (see {path}) but the config {use} "
-            f"{sampled_txt}; override {fix}"
-        )
-    return recorded
 
 
 def _parsed_or_generator_error(parser: ConfigParser, key: str) -> Any:

@@ -27,8 +27,9 @@ from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
+from medicraft_monai.engines.records import GeneratorError
 from medicraft_monai.networks.bundle import bundle_preprocessing, load_bundle_network
-from medicraft_monai.synthesis.generator import DiffusionGenerator, GeneratorError
+from medicraft_monai.synthesis.generator import DiffusionGenerator
 from medicraft_monai.synthesis.job import SynthesisJob
 from medicraft_monai.synthesis.plan import ImageTask, safe_class_name
 
