@@ -172,14 +172,14 @@ def step_seconds(unet, inferer, sampler: str, batch: int, shape, steps: int, dev
     x = torch.randn(batch, *shape, device=device)
     labels = torch.zeros(batch, dtype=torch.long, device=device)
     with torch.inference_mode():
-        eps = inferer.predict(unet, x, ts[0], labels, 1.0)  # warm-up (and compilation, if any)
-        x = sched.step(eps, ts[0], x)[0]
+        model_output = inferer.predict(unet, x, ts[0], labels, 1.0)  # warm-up (and compilation, if any)
+        x = sched.step(model_output, ts[0], x)[0]
 
         def run():
             nonlocal x
             for t in ts[1 : steps + 1]:
-                eps = inferer.predict(unet, x, t, labels, 1.0)
-                x = sched.step(eps, t, x)[0]
+                model_output = inferer.predict(unet, x, t, labels, 1.0)
+                x = sched.step(model_output, t, x)[0]
 
         return timed(run, device) / steps
 

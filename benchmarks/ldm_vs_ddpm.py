@@ -82,8 +82,8 @@ def measure(name: str, image_size: list[int], batch: int, steps: int, measure_st
             torch.cuda.synchronize(dev)
         start = time.perf_counter()
         for t in sched.timesteps[:measure_steps]:
-            eps = inferer.predict(network, x, int(t), labels, 1.0)
-            x = sched.step(eps, int(t), x)[0]
+            model_output = inferer.predict(network, x, int(t), labels, 1.0)
+            x = sched.step(model_output, int(t), x)[0]
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         step_s = (time.perf_counter() - start) / measure_steps

@@ -59,8 +59,8 @@ def step_time(network, inferer, batch: int, shape, steps: int) -> float:
         inferer.predict(network, x, 999, labels, 1.0)  # warm-up
         start = time.perf_counter()
         for t in sched.timesteps[:steps]:
-            eps = inferer.predict(network, x, int(t), labels, 1.0)
-            x = sched.step(eps, int(t), x)[0]
+            model_output = inferer.predict(network, x, int(t), labels, 1.0)
+            x = sched.step(model_output, int(t), x)[0]
         return (time.perf_counter() - start) / steps
 
 

@@ -49,7 +49,8 @@ class ClassConditionedDiffusionInferer(DiffusionInferer):
         scheduler: the training noise scheduler (a MONAI ``DDPMScheduler``, or any ``Scheduler``).
         null_class: the class index that means "no class" (the last embedding, ``num_classes``); needed for
             guidance. ``None`` disables guidance.
-        guidance_scale: default guidance weight ``w`` for sampling: ``eps = eps_null + w (eps_class - eps_null)``.
+        guidance_scale: default guidance weight ``w`` for sampling: ``out = out_null + w (out_class - out_null)``, on
+            the model's outputs (noise, clean image or velocity, whatever the scheduler's ``prediction_type``).
             1 samples the conditional model alone (one UNet pass per step); > 1 strengthens the class.
         amp_dtype: autocast dtype used while sampling ("bfloat16", "float16") or ``None`` for full precision.
             bf16 on CPUs with AMX (and on recent GPUs) is several times faster.
@@ -118,7 +119,12 @@ class ClassConditionedDiffusionInferer(DiffusionInferer):
         class_labels: torch.Tensor,
         guidance_scale: float,
     ) -> torch.Tensor:
-        """One guided model prediction at timestep ``t`` for the batch ``x``, in ``x``'s dtype (float32 under autocast)."""
+        """One guided model output at timestep ``t`` for the batch ``x``, in ``x``'s dtype (float32 under autocast).
+
+        The output is what the model was trained to predict (the scheduler's ``prediction_type``: noise ``epsilon``,
+        the clean image ``sample`` or the velocity ``v_prediction``); guidance mixes the conditional and the null
+        class outputs linearly, which holds for each of the three.
+        """
         guided = self.null_class is not None and guidance_scale != 1.0
         if guided:
             x_in = torch.cat([x, x])
@@ -186,8 +192,8 @@ class ClassConditionedDiffusionInferer(DiffusionInferer):
         # float64 noise (with a float64 network) samples in float64, which tests use to check the algorithm exactly
         x = input_noise if input_noise.dtype == torch.float64 else input_noise.float()
         for t in steps:
-            eps = self.predict(diffusion_model, x, int(t), labels, w)
-            x = self._step(sched, eps, int(t), x, generators, eta)
+            model_output = self.predict(diffusion_model, x, int(t), labels, w)
+            x = self._step(sched, model_output, int(t), x, generators, eta)
         return x
 
     @staticmethod
