@@ -21,9 +21,8 @@ from typing import Any
 import pytest
 import requests
 import torch
-from monai.bundle import ConfigParser
 
-from medicraft_monai.networks import randomise_zero_weights
+from medicraft_monai.networks import bundle_parser, randomise_zero_weights
 
 REPO = Path(__file__).resolve().parents[1]
 LABEL_VENV = Path(os.environ.get("MEDICRAFT_LABEL_VENV", REPO / ".venv-label"))
@@ -66,11 +65,7 @@ def ensure_label_venv(timeout: float = 1200) -> Path:
 
 def make_weights(bundle: Path, overrides: Mapping[str, Any], path: Path, seed: int = 0) -> Path:
     """Random weights for ``bundle``'s ``network_def`` with ``overrides`` (zero-initialised layers re-drawn)."""
-    parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "inference.json"))
-    parser["bundle_root"] = str(bundle)
-    for key, value in overrides.items():
-        parser[key] = value
+    parser = bundle_parser(bundle, overrides=overrides)  # common.json layered under inference.json
     torch.manual_seed(seed)
     net = randomise_zero_weights(parser.get_parsed_content("network_def"), seed=seed, std=0.1)
     path.parent.mkdir(parents=True, exist_ok=True)
