@@ -23,7 +23,8 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from medicraft_monai.data import build_datalist, write_datalist
-from medicraft_monai.ssl import ENCODER_PREFIXES, load_checkpoint_state, load_encoder_meta
+from medicraft_monai.networks import load_state_dict
+from medicraft_monai.ssl import ENCODER_PREFIXES, load_encoder_meta
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = REPO_ROOT / "bundles" / "oct_context_restoration"
@@ -89,7 +90,7 @@ def test_pretraining_resumes_logs_ssim_and_pictures(pretrained: dict) -> None:
     assert re.search(r"Restored all variables from \S*checkpoint_final_iteration=3\.pt", pretrained["second"])
     final = sorted((root / "models" / "pretrain_training").glob("checkpoint_final_iteration=*.pt"))
     assert final[-1].name == f"checkpoint_final_iteration={2 * EPOCH_LENGTH}.pt"
-    state = load_checkpoint_state(root / "models" / "model.pt")
+    state = load_state_dict(root / "models" / "model.pt")
     assert any(k.startswith("down_4.") for k in state) and "final_conv.weight" in state
     assert (root / "models" / "model_best.pt").is_file()
     scalars, images = _scalars(root / "logs" / "pretrain")
@@ -127,7 +128,7 @@ def test_evaluate_inference_and_encoder_export(pretrained: dict, datalist: Path)
 
 def test_classification_finetuning_loads_the_pretrained_encoder(pretrained: dict, datalist: Path) -> None:
     root = pretrained["root"]
-    pre = load_checkpoint_state(root / "models" / "model.pt")
+    pre = load_state_dict(root / "models" / "model.pt")
     # before training: the network the config builds holds the pretrained encoder (and not without it)
     for ckpt, expect_equal in ((str(root / "models" / "model.pt"), True), ("", False)):
         parser = ConfigParser()
@@ -147,7 +148,7 @@ def test_classification_finetuning_loads_the_pretrained_encoder(pretrained: dict
         class_names=CLASSES,
     )
     assert "loaded 40 pretrained tensors (encoder)" in out and "froze the encoder" in out
-    fine = load_checkpoint_state(root / "models" / "classification" / "model.pt")
+    fine = load_state_dict(root / "models" / "classification" / "model.pt")
     enc = {k: v for k, v in fine.items() if k.startswith("encoder.")}
     assert len(enc) == 40
     for key, value in enc.items():  # frozen: still exactly the pretrained weights after training
@@ -159,7 +160,7 @@ def test_classification_finetuning_loads_the_pretrained_encoder(pretrained: dict
 
 def test_segmentation_finetuning_on_phantom_layers_and_lesions(pretrained: dict) -> None:
     root = pretrained["root"]
-    pre = load_checkpoint_state(root / "models" / "model.pt")
+    pre = load_state_dict(root / "models" / "model.pt")
     out = bundle(
         ["finetune_segmentation.json"],
         root,
@@ -175,7 +176,7 @@ def test_segmentation_finetuning_on_phantom_layers_and_lesions(pretrained: dict)
     assert data["training"] and data["validation"]
     label = np.asarray(Image.open(root / "data" / "phantom_segmentation" / data["training"][0]["label"]))
     assert label.shape == (32, 64) and set(np.unique(label)) >= {0, 1, 4}
-    fine = load_checkpoint_state(root / "models" / "segmentation" / "model.pt")
+    fine = load_state_dict(root / "models" / "segmentation" / "model.pt")
     assert fine["final_conv.weight"].shape[0] == 7
     assert all(fine[k].shape == pre[k].shape for k in pre if k.startswith(ENCODER_PREFIXES))
     scalars, _ = _scalars(root / "logs" / "segmentation")

@@ -15,6 +15,7 @@ from PIL import Image
 
 from medicraft_monai.data import OCTDataError, build_datalist, load_datalist, write_datalist
 from medicraft_monai.data.phantom import OCTPhantom, PhantomConfig
+from medicraft_monai.networks import load_state_dict
 from medicraft_monai.ssl import (
     ENCODER_PREFIXES,
     BasicUNetEncoder,
@@ -25,7 +26,6 @@ from medicraft_monai.ssl import (
     build_phantom_segmentation_datalist,
     classification_output,
     export_encoder,
-    load_checkpoint_state,
     load_encoder_meta,
     load_pretrained,
     ms_ssim_weights,
@@ -119,7 +119,7 @@ def test_load_pretrained_segmentation_net_encoder_or_all_and_checkpoint_formats(
     # a training checkpoint (CheckpointSaver's dict) from DistributedDataParallel, and a fine-tuned classifier
     wrapped = tmp_path / "wrapped.pt"
     torch.save({"network": {"module." + k: v for k, v in state.items()}, "trainer": {"epoch": 3}}, wrapped)
-    assert set(load_checkpoint_state(wrapped)) == set(state)
+    assert set(load_state_dict(wrapped)) == set(state)
     clf = load_pretrained(EncoderClassifier(2, features=FEATURES), wrapped)
     clf_path = tmp_path / "clf.pt"
     torch.save(clf.state_dict(), clf_path)

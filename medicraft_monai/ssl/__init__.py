@@ -25,7 +25,6 @@ from .data import load_items, oct_preprocessing, preprocess_items, unlabelled_it
 from .finetune import (
     classification_output,
     encoder_module,
-    load_checkpoint_state,
     load_pretrained,
     subsample_by_patient,
     trainable_parameters,
@@ -72,7 +71,6 @@ __all__ = [
     "encoder_module",
     "export_encoder",
     "features_from_state_dict",
-    "load_checkpoint_state",
     "load_encoder_meta",
     "load_items",
     "load_pretrained",

@@ -1,5 +1,7 @@
 """Fine-tuning helpers: load pretrained encoder weights, freeze them, subsample labels by patient.
 
+Checkpoints are read by the one checkpoint loader (:func:`medicraft_monai.networks.checkpoint.load_state_dict`).
+
 Bundle configs call these as ``$medicraft_monai.ssl.<name>(...)``; :func:`medicraft_monai.ssl.run_label_efficiency`
 uses the same functions.
 """
@@ -11,7 +13,6 @@ import math
 import os
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,13 +21,13 @@ from torch import nn
 
 from medicraft_monai.data.errors import EmptyDatasetError, OCTDataError
 from medicraft_monai.data.keys import OCTKeys
+from medicraft_monai.networks.checkpoint import load_state_dict
 
 from .networks import ENCODER_PREFIXES
 
 __all__ = [
     "classification_output",
     "encoder_module",
-    "load_checkpoint_state",
     "load_pretrained",
     "subsample_by_patient",
     "trainable_parameters",
@@ -34,34 +35,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_WRAPPERS = ("network", "model", "state_dict", "net")
-
-
-def load_checkpoint_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The network state dict in a checkpoint file.
-
-    Accepts a plain state dict (what MONAI's ``CheckpointSaver`` writes for a single object, e.g. ``model.pt``), or a
-    training checkpoint holding it under ``network``/``model``/``state_dict``. ``module.`` prefixes
-    (DistributedDataParallel) are removed.
-
-    Raises:
-        OCTDataError: the file is missing, unreadable or holds no state dict.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise OCTDataError(p, "pretrained checkpoint not found (set pretrained_ckpt to a context-restoration model.pt)")
-    try:
-        state: Any = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any reading problem is reported with the file name
-        raise OCTDataError(p, f"cannot read the checkpoint: {err}") from None
-    if isinstance(state, Mapping) and not all(isinstance(v, torch.Tensor) for v in state.values()):
-        for key in _WRAPPERS:
-            if isinstance(state.get(key), Mapping):
-                state = state[key]
-                break
-    if not isinstance(state, Mapping) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise OCTDataError(p, f"no network state dict in the checkpoint (looked at the top level and {_WRAPPERS})")
-    return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in state.items()}
+#: how the pretrained checkpoint is named in messages, and how to get one
+_PRETRAINED = ("pretrained checkpoint", "set pretrained_ckpt to a context-restoration model.pt")
 
 
 def encoder_module(network: nn.Module) -> nn.Module:
@@ -104,7 +79,7 @@ def load_pretrained(
         raise ValueError(f"part must be 'encoder' or 'all', got {part!r}")
     target = encoder_module(network)
     if ckpt_path:
-        state = load_checkpoint_state(ckpt_path)
+        state = load_state_dict(ckpt_path, *_PRETRAINED)
         # a fine-tuned classifier's checkpoint works too: its encoder keys start with "encoder."
         state = {(k[len("encoder.") :] if k.startswith("encoder.") else k): v for k, v in state.items()}
         own = target.state_dict()

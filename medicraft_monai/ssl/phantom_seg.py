@@ -8,7 +8,6 @@ datalist whose items have ``image`` and ``label`` paths (``monai.data.load_decat
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 from medicraft_monai.data.datalist import split_by_patient
 from medicraft_monai.data.keys import OCTKeys
 from medicraft_monai.data.phantom import LAYER_BOUNDARIES, PhantomConfig, write_phantom_dataset
+from medicraft_monai.utils import write_json_atomic
 
 __all__ = [
     "SEGMENTATION_BOUNDARIES",
@@ -166,7 +166,4 @@ def build_phantom_segmentation_datalist(
             }
             for s in split_items
         ]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(datalist, indent=1) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(path, datalist, indent=1)

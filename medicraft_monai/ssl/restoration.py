@@ -26,8 +26,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from medicraft_monai.metrics.diversity import ms_ssim_settings
+from medicraft_monai.networks.checkpoint import load_state_dict
+from medicraft_monai.utils import atomic_write, write_json_atomic
 
-from .finetune import load_checkpoint_state
 from .networks import ENCODER_PREFIXES, BasicUNetEncoder, PooledEncoder, features_from_state_dict
 
 __all__ = [
@@ -133,7 +134,7 @@ def restoration_report(
     report: dict[str, Any] = {"n_images": len(per_image)}
     report.update({k: float(np.mean([p[k] for p in per_image])) for k in keys})
     report["per_image"] = per_image
-    (out / "restoration_metrics.json").write_text(json.dumps(report, indent=1) + "\n")
+    write_json_atomic(out / "restoration_metrics.json", report, indent=1)
     h, w = rows[0][0].shape
     scale = max(1.0, 128.0 / h)
     save_image_grid(
@@ -181,7 +182,7 @@ def export_encoder(
     Returns:
         the written path.
     """
-    state = load_checkpoint_state(ckpt_path)
+    state = load_state_dict(ckpt_path, "context-restoration checkpoint")
     state = {(k[len("encoder.") :] if k.startswith("encoder.") else k): v for k, v in state.items()}
     try:
         features = features_from_state_dict(state)
@@ -210,11 +211,9 @@ def export_encoder(
         "source_checkpoint": os.path.abspath(ckpt_path),
         "description": "medicraft_monai context-restoration encoder: (B, C, H, W) in [0, 1] -> (B, D) features",
     }
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    torch.jit.save(traced, str(tmp), _extra_files={ENCODER_META_FILE: json.dumps(meta)})
-    os.replace(tmp, out)
+    out = atomic_write(
+        path, lambda tmp: torch.jit.save(traced, str(tmp), _extra_files={ENCODER_META_FILE: json.dumps(meta)})
+    )
     logger.info("exported the encoder (%d features) to %s", features[4], out)
     return out
 
