@@ -183,7 +183,7 @@ class MedicraftCLI:
             num_inference_steps: sampling steps (default: the bundle's).
             guidance_scale: classifier-free guidance scale (default: the bundle's).
             ckpt_path: weights to use (default: the bundle's models/model.pt).
-            sampler: ddim or ddpm (default: the bundle's).
+            sampler: a name of the sampler registry, medicraft_monai.schedulers.SAMPLERS (default: the bundle's).
             device: cpu, cuda, cuda:1 ... (default: CUDA when available).
             split: the split whose real images are counted.
             progress: show progress and print count tables.
@@ -311,7 +311,7 @@ class MedicraftCLI:
             max_per_class: at most this many training images per class (a quicker run).
             device: cpu or cuda.
         """
-        from medicraft_monai.ssl import run_label_efficiency
+        from medicraft_monai.evaluation.label_efficiency import run_label_efficiency
 
         run_label_efficiency(
             datalist,
@@ -353,7 +353,7 @@ class MedicraftCLI:
             exams: phantom exams to generate when no data is given.
             seed: random seed for the phantom, the split, training and sampling.
             epochs: training epochs (default 50).
-            steps: sampling steps when multiplying (default: the diffusion bundle's, DPM-Solver++ with 10 steps).
+            steps: sampling steps when multiplying (default: the oct_ddpm bundle's sampler and steps).
             train: train and multiply (--notrain: the data stage and the report only).
             quick: tiny settings that finish in well under a minute (a smoke test: the pictures are noise).
         """
@@ -419,6 +419,42 @@ def _write_accepted(result: dict, reviews: str) -> None:
         print(f"accepted only: {target} ({kept.get('review_filter', {})})")
 
 
+#: option texts that name values defined elsewhere; :func:`_document_defaults` replaces them by the values
+_SAMPLER_TEXT = "a name of the sampler registry, medicraft_monai.schedulers.SAMPLERS"
+_STEPS_TEXT = "the oct_ddpm bundle's sampler and steps"
+
+
+def _samplers() -> str:
+    from medicraft_monai.schedulers import SAMPLERS
+
+    return f"one of {', '.join(SAMPLERS)} (medicraft_monai.schedulers.SAMPLERS)"
+
+
+def _bundle_sampling(name: str = "oct_ddpm") -> str:
+    """The sampler and step count that the bundle's inference configs set (read from their JSON, merged in order)."""
+    from medicraft_monai.bundles import bundle_path, config_files
+
+    merged: dict = {}
+    for path in config_files(bundle_path(name), "inference.json"):
+        merged.update(json.loads(path.read_text()))
+    return f"{merged.get('sampler')} with {merged.get('num_inference_steps')} steps, as the {name} bundle sets them"
+
+
+def _document_defaults(args: Sequence[str]) -> None:
+    """Write the values that other modules define (the sampler registry, a bundle's defaults) into the option texts
+    of the command about to run, so its ``--help`` names them as they are. Only for that command: importing the
+    sampler registry takes seconds, which ``medicraft --help`` should not spend."""
+    command = next((a for a in args if not a.startswith("-")), None)
+    fills = {
+        "multiply": (MedicraftCLI.multiply, _SAMPLER_TEXT, _samplers),
+        "demo": (MedicraftCLI.demo, _STEPS_TEXT, _bundle_sampling),
+    }
+    if command in fills:
+        method, text, values = fills[command]
+        if method.__doc__ and text in method.__doc__:
+            method.__doc__ = method.__doc__.replace(text, values())
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``medicraft`` console script.
 
@@ -429,6 +465,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from medicraft_monai.data.errors import OCTDataError
 
     try:
+        _document_defaults(sys.argv[1:] if argv is None else list(argv))
         fire.Fire(MedicraftCLI(), command=None if argv is None else list(argv), name="medicraft")
     except (OCTDataError, FileNotFoundError, ValueError) as err:
         if os.environ.get("MEDICRAFT_DEBUG"):

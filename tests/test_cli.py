@@ -38,6 +38,20 @@ def test_help_lists_the_commands() -> None:
         assert command in out
 
 
+def test_help_names_the_samplers_and_the_default_steps_where_they_are_defined() -> None:
+    from medicraft_monai.bundles import bundle_path, config_files
+    from medicraft_monai.schedulers import SAMPLERS
+
+    multiply = run_cli("multiply", "--help")
+    assert f"one of {', '.join(SAMPLERS)} (medicraft_monai.schedulers.SAMPLERS)" in multiply.stdout + multiply.stderr
+    merged: dict = {}
+    for path in config_files(bundle_path("oct_ddpm"), "inference.json"):
+        merged.update(json.loads(path.read_text()))
+    demo = run_cli("demo", "--help")
+    steps = f"{merged['sampler']} with {merged['num_inference_steps']} steps, as the oct_ddpm bundle sets them"
+    assert steps in (demo.stdout + demo.stderr).replace("\n        ", " ")
+
+
 def test_info_prints_versions() -> None:
     out = run_cli("info").stdout
     assert out.startswith("medicraft_monai ")
