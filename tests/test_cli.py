@@ -146,7 +146,7 @@ def test_multiply_command_refuses_a_missing_checkpoint_before_any_work(tmp_path:
 def test_label_app_dir_and_the_accepted_only_datalists_of_multiply(tmp_path: Path) -> None:
     from medicraft_monai.cli import _write_accepted
     from medicraft_monai.data.datalist import load_datalist, write_datalist
-    from medicraft_monai.demo import make_phantom_dataset
+    from medicraft_monai.data.phantom import make_phantom_dataset
 
     app = Path(run_cli("label", "app-dir").stdout.strip())
     assert (app / "main.py").is_file() and (app / "lib").is_dir()

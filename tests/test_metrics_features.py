@@ -13,6 +13,7 @@ from monai.bundle import ConfigParser
 from monai.networks.nets import DenseNet, resnet10
 from torch import nn
 
+from medicraft_monai.bundles import bundle_path, config_files
 from medicraft_monai.data.errors import OCTDataError
 from medicraft_monai.metrics import features as features_mod
 from medicraft_monai.metrics.features import (
@@ -179,9 +180,9 @@ def test_from_bundle_overrides_keys_the_network_depends_on(tmp_path: Path, batch
 
 def test_the_oct_classifier_bundle_network_def_is_supported(tmp_path: Path) -> None:
     """The project's classifier bundle (the default extractor) builds through from_bundle (weights: a fresh net)."""
-    root = REPO / "bundles" / "oct_classifier"
+    root = bundle_path("oct_classifier")
     parser = ConfigParser()
-    parser.read_config(str(root / "configs" / "inference.json"))
+    parser.read_config([str(p) for p in config_files(root, "inference.json")])
     parser["bundle_root"] = str(root)
     parser["num_classes"] = 4
     net = parser.get_parsed_content("network_def")
