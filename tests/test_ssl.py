@@ -4,16 +4,14 @@ restoration metrics, the encoder export, and the label-efficiency experiment thr
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from _subprocess import run_group
 from PIL import Image
 
-from medicraft_monai.data import OCTDataError, build_datalist, load_datalist, write_datalist
+from medicraft_monai.data import OCTDataError, build_datalist, write_datalist
 from medicraft_monai.data.phantom import OCTPhantom, PhantomConfig
 from medicraft_monai.networks import load_state_dict
 from medicraft_monai.ssl import (
@@ -306,74 +304,3 @@ def test_classification_output_for_metrics() -> None:
     assert prob.shape == (2, 3) and torch.allclose(prob.sum(1), torch.ones(2)) and label.tolist() == [0, 2]
     prob, onehot = classification_output(3, onehot=True)(out)
     assert onehot.tolist() == [[1, 0, 0], [0, 0, 1]]
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# the label-efficiency experiment through its bundle config
-# --------------------------------------------------------------------------------------------------------------------
-def test_label_efficiency_bundle_config_runs_and_resumes(oct2017_dir, tmp_path) -> None:
-    full = build_datalist(oct2017_dir, check_images=False)
-    datalist = write_datalist(tmp_path / "data" / "datalist.json", full)
-    out = tmp_path / "le"
-    overrides = {
-        "datalist": str(datalist),
-        "output_dir": str(out),
-        "fractions": [0.5, 1.0],
-        "seeds": [0, 1],
-        "image_size": [32, 64],
-        "features": list(FEATURES),
-        "patch_size": [4, 4],
-        "num_swaps": 4,
-        "pretrain_epochs": 1,
-        "finetune_epochs": 1,
-        "finetune_steps_per_epoch": 2,
-        "pretrain_batch_size": 8,
-        "finetune_batch_size": 4,
-        "max_per_class": 4,
-        "device": "cpu",
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        str(BUNDLE / "configs" / "label_efficiency.json"),
-    ]
-    cmd += ["--bundle_root", str(tmp_path)]
-    for k, v in overrides.items():
-        cmd += [f"--{k}", v if isinstance(v, str) else repr(v)]
-    proc = run_group(cmd, 240, cwd=REPO_ROOT)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    result = json.loads((out / "label_efficiency.json").read_text())
-    runs = result["runs"]
-    assert len(runs) == 2 * 2 * 2
-    assert {(r["fraction"], r["seed"], r["init"]) for r in runs} == {
-        (f, s, i) for f in (0.5, 1.0) for s in (0, 1) for i in ("pretrained", "scratch")
-    }
-    for r in runs:
-        assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["auc"] <= 1.0
-    # labels by patient: half the patients (per class, rounded up) leaves fewer images than all of them
-    n_half = {r["n_train_images"] for r in runs if r["fraction"] == 0.5}
-    assert max(n_half) < 16 == min(r["n_train_images"] for r in runs if r["fraction"] == 1.0)
-    # pretrained and scratch runs of the same seed see the same images
-    for f in (0.5, 1.0):
-        for s in (0, 1):
-            pair = [r["n_train_images"] for r in runs if r["fraction"] == f and r["seed"] == s]
-            assert pair[0] == pair[1]
-    summary = result["summary"]
-    assert summary["pretrained"]["1"]["auc"]["n"] == 2
-    assert "ssim_restored" in result["pretraining"] and "ms_ssim_corrupted" in result["pretraining"]
-    assert (out / "label_efficiency.png").stat().st_size > 10_000
-    assert "| 50% |" in (out / "label_efficiency.md").read_text()
-    assert "loaded" in proc.stdout + proc.stderr and "pretrained tensors" in proc.stdout + proc.stderr
-
-    # resume: the same settings skip every finished run and the pretraining
-    ckpt_time = (out / "pretrain" / "model.pt").stat().st_mtime_ns
-    from medicraft_monai.ssl import run_label_efficiency
-
-    kwargs = {k: v for k, v in overrides.items() if k not in ("datalist", "output_dir")}
-    again = run_label_efficiency(datalist, out, progress=False, **kwargs)
-    assert (out / "pretrain" / "model.pt").stat().st_mtime_ns == ckpt_time
-    assert again["runs"] == runs
-    assert load_datalist(datalist)["name"] == full["name"]

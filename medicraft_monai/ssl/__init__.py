@@ -12,11 +12,11 @@ Pretrain an encoder-decoder to undo :class:`~medicraft_monai.transforms.ContextD
   phantom's ground truth);
 - :mod:`.handlers`: :class:`RestorationImageHandler` (before/after pictures in TensorBoard);
 - :mod:`.restoration`: :func:`restoration_report` (SSIM/MS-SSIM, before/after picture), :func:`export_encoder`
-  (TorchScript feature extractor for Frechet distances);
-- :mod:`.label_efficiency`: :func:`run_label_efficiency` (pretrained versus from scratch with 10-100 % of the
-  labels).
+  (TorchScript feature extractor for Frechet distances).
 
-The bundle ``bundles/oct_context_restoration`` runs all of it from configs.
+The bundle ``bundles/oct_context_restoration`` runs all of it from configs; the label-efficiency study that runs
+those configs (pretrained versus from scratch with 10-100 % of the labels) is
+:func:`medicraft_monai.evaluation.label_efficiency.run_label_efficiency`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from .finetune import (
     trainable_parameters,
 )
 from .handlers import RestorationImageHandler
-from .label_efficiency import plot_label_efficiency, run_label_efficiency, summarise_runs
 from .networks import (
     DEFAULT_FEATURES,
     ENCODER_PREFIXES,
@@ -78,14 +77,11 @@ __all__ = [
     "ms_ssim_weights",
     "oct_preprocessing",
     "phantom_label_map",
-    "plot_label_efficiency",
     "preprocess_items",
     "restoration_report",
-    "run_label_efficiency",
     "segmentation_class_names",
     "ssim_metric",
     "subsample_by_patient",
-    "summarise_runs",
     "trainable_parameters",
     "unlabelled_items",
 ]

@@ -2,8 +2,8 @@
 
 Checkpoints are read by the one checkpoint loader (:func:`medicraft_monai.networks.checkpoint.load_state_dict`).
 
-Bundle configs call these as ``$medicraft_monai.ssl.<name>(...)``; :func:`medicraft_monai.ssl.run_label_efficiency`
-uses the same functions.
+Bundle configs call these as ``$medicraft_monai.ssl.<name>(...)``; the label-efficiency study
+(:mod:`medicraft_monai.evaluation.label_efficiency`) runs those configs.
 """
 
 from __future__ import annotations

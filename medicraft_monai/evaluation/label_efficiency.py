@@ -1,22 +1,26 @@
-"""The label-efficiency experiment: does context-restoration pretraining help when labels are scarce?
+"""The label-efficiency study: does context-restoration pretraining help when labels are scarce?
 
 :func:`run_label_efficiency` (called by ``bundles/oct_context_restoration/configs/label_efficiency.json`` and the
-``medicraft label-efficiency`` command):
+``medicraft label-efficiency`` command) runs the ``oct_context_restoration`` bundle's own configs, so the study
+trains exactly what the bundle trains:
 
-1. loads a labelled datalist split by patient (``training``/``validation``/``test``),
-2. pretrains a :class:`~medicraft_monai.ssl.networks.ContextRestorationNet` on the *training* images without their
-   labels (context disordering, L2 loss; or reuses ``pretrained_ckpt``), and measures its restoration SSIM/MS-SSIM
-   on the held-out validation images,
-3. for every label fraction and seed, keeps that fraction of the training *patients* (class-stratified, seeded;
-   :func:`~medicraft_monai.ssl.finetune.subsample_by_patient`) and trains an
-   :class:`~medicraft_monai.ssl.networks.EncoderClassifier` twice with the same seed, the same data order and the
-   same number of updates: from the pretrained encoder and from scratch,
-4. evaluates both on the test split (accuracy, balanced accuracy, macro ROC AUC) and writes
-   ``label_efficiency.json`` (settings, every run, mean and standard deviation per fraction), ``label_efficiency.md``
-   (the table) and ``label_efficiency.png`` (metric versus label fraction, mean +- sd and each seed).
+1. loads a labelled datalist split by patient (``training``/``validation``/``test``) and writes the splits it uses
+   (``datalist.json`` in the output folder),
+2. pretrains with the bundle's ``train.json`` on the *training* images without their labels (context disordering,
+   L2 loss; or reuses ``pretrained_ckpt``), and measures the restoration SSIM/MS-SSIM on the held-out validation
+   images with the bundle's ``inference.json``,
+3. for every label fraction and seed, runs the bundle's ``finetune_classification.json`` twice with the same seed,
+   the same patients (its ``label_fraction``/``label_seed`` keep that fraction of the training *patients*,
+   class-stratified: :func:`~medicraft_monai.ssl.finetune.subsample_by_patient`) and the same number of updates:
+   from the pretrained encoder and from scratch,
+4. evaluates both on the test split, preprocessed by the bundle's own validation transforms (accuracy, balanced
+   accuracy, macro ROC AUC) and writes ``label_efficiency.json`` (settings, every run, mean and standard deviation per
+   fraction), ``label_efficiency.md`` (the table) and ``label_efficiency.png`` (metric versus label fraction, mean +-
+   sd and each seed).
 
-Runs are appended to the JSON as they finish; a rerun with the same settings skips them (resume). Training uses
-MONAI's ignite engines (``SupervisedTrainer``) with bf16 autocast on CPUs that have it.
+Runs are appended to the JSON as they finish; a rerun with the same settings skips them and the pretraining
+(resume). Every run is a MONAI ``ConfigWorkflow`` of the bundle's configs with command-line-style overrides, on
+MONAI's ignite engines, with bf16 autocast on CPUs that have it (the bundle's ``cpu_bf16`` switch).
 """
 
 from __future__ import annotations
@@ -32,29 +36,23 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.data import DataLoader, Dataset
-from monai.engines import SupervisedTrainer
-from monai.inferers import SimpleInferer
 from monai.metrics import compute_roc_auc
-from monai.transforms import Compose, RandFlipd
-from monai.utils import set_determinism
 
+from medicraft_monai.bundles import bundle_path, config_files
+from medicraft_monai.data.datalist import write_datalist
 from medicraft_monai.data.errors import EmptyDatasetError
 from medicraft_monai.data.keys import OCTKeys
-from medicraft_monai.engines import ProgressBarHandler
-from medicraft_monai.inferers import AutocastInferer, bf16_is_fast
-from medicraft_monai.transforms import ContextDisorderd
-from medicraft_monai.utils import flag
+from medicraft_monai.inferers import bf16_is_fast
+from medicraft_monai.ssl.data import load_items
+from medicraft_monai.ssl.finetune import subsample_by_patient
+from medicraft_monai.utils import flag, write_text_atomic
 
-from .data import load_items, oct_preprocessing, preprocess_items
-from .finetune import load_pretrained, subsample_by_patient, trainable_parameters
-from .networks import ContextRestorationNet, EncoderClassifier
-from .restoration import restoration_report
-
-__all__ = ["plot_label_efficiency", "run_label_efficiency", "summarise_runs"]
+__all__ = ["BUNDLE", "plot_label_efficiency", "run_label_efficiency", "summarise_runs"]
 
 logger = logging.getLogger(__name__)
 
+BUNDLE = "oct_context_restoration"
+"""The bundle whose configs the study runs."""
 METRICS = ("accuracy", "balanced_accuracy", "auc")
 INITS = ("pretrained", "scratch")
 
@@ -67,69 +65,98 @@ def _tuple(v: Any, cast=float) -> tuple:
     return tuple(cast(x) for x in v)
 
 
-def _trainer(
-    network: torch.nn.Module,
-    loader: DataLoader,
-    loss: torch.nn.Module,
-    lr: float,
-    epochs: int,
-    device: torch.device,
-    bf16: bool,
-    epoch_length: int | None = None,
-    progress: bool = False,
-    weight_decay: float = 0.0,
-) -> SupervisedTrainer:
-    opt = torch.optim.AdamW(trainable_parameters(network), lr=lr, weight_decay=weight_decay)
-    handlers = [ProgressBarHandler()] if progress else []
-    return SupervisedTrainer(
-        device=device,
-        max_epochs=int(epochs),
-        train_data_loader=loader,
-        network=network,
-        optimizer=opt,
-        loss_function=loss,
-        inferer=AutocastInferer(SimpleInferer(), enabled=bf16 and device.type == "cpu"),
-        epoch_length=epoch_length,
-        train_handlers=handlers,
-        amp=device.type == "cuda",
+def _run_config(
+    name: str, overrides: Mapping[str, Any], keep: Sequence[str] = (), bundle_root: str | os.PathLike | None = None
+) -> dict[str, Any]:
+    """Run the bundle's ``configs/<name>`` on top of its ``common.json`` with ``overrides`` (as ``monai.bundle run``
+    with ``--key value`` would), and return the parsed ``keep`` ids (trained objects) after the run."""
+    from monai.bundle import ConfigWorkflow
+
+    root = Path(bundle_root) if bundle_root is not None else bundle_path(BUNDLE)
+    workflow = ConfigWorkflow(
+        config_file=[str(p) for p in config_files(root, name)],
+        meta_file=str(root / "configs" / "metadata.json"),
+        logging_file=False,
+        workflow_type=None,
+        **dict(overrides),
     )
+    workflow.initialize()
+    try:
+        workflow.run()
+        return {k: workflow.parser.get_parsed_content(k, lazy=True) for k in keep}
+    finally:
+        workflow.finalize()
 
 
-def _pretrain(
-    images: torch.Tensor,
-    held_out: torch.Tensor,
-    out_dir: Path,
-    features: Sequence[int],
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    patch_size: Sequence[int],
-    num_swaps: int,
-    seed: int,
-    device: torch.device,
-    bf16: bool,
-    progress: bool,
-) -> tuple[Path, dict[str, Any]]:
-    set_determinism(seed)
-    net = ContextRestorationNet(features=features).to(device)
-    disorder = ContextDisorderd(keys="image", patch_size=patch_size, num_swaps=num_swaps)
-    flip = RandFlipd(keys=["image", "label"], prob=0.5, spatial_axis=1)
-    train_tf = Compose([flip, disorder]).set_random_state(seed)
-    ds = Dataset([{"image": im, "label": im} for im in images], transform=train_tf)
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=0)
-    trainer = _trainer(net, loader, torch.nn.MSELoss(), lr, epochs, device, bf16, progress=progress)
+def _pretrain(out_dir: Path, common: Mapping[str, Any], epochs: int, batch_size: int, lr: float, seed: int) -> tuple:
+    """The bundle's ``train.json`` (pretraining) into ``out_dir`` (``model.pt``), then its ``inference.json`` on
+    the validation split (``restoration_metrics.json``): the checkpoint and the restoration report."""
+    overrides = {
+        **common,
+        "bundle_root": str(out_dir),
+        "ckpt_dir": str(out_dir),
+        "log_dir": str(out_dir / "logs"),
+        "max_epochs": int(epochs),
+        "batch_size": int(batch_size),
+        "learning_rate": float(lr),
+        "seed": int(seed),
+    }
     t0 = time.monotonic()
-    trainer.run()
+    trainer = _run_config("train.json", overrides, keep=["train#trainer"])["train#trainer"]
     seconds = time.monotonic() - t0
-    out_dir.mkdir(parents=True, exist_ok=True)
     ckpt = out_dir / "model.pt"
-    torch.save(net.state_dict(), ckpt)
-    fixed = ContextDisorderd(keys="image", patch_size=patch_size, num_swaps=num_swaps, fixed_seed=seed)
-    val = Dataset([{"image": im, "label": im} for im in held_out], transform=fixed)
-    report = restoration_report(net, DataLoader(val, batch_size=batch_size), out_dir, device=device)
+    report_dir = out_dir / "restoration"
+    _run_config(
+        "inference.json",
+        {**overrides, "ckpt_path": str(ckpt), "split": "validation", "output_dir": str(report_dir)},
+    )
+    report = json.loads((report_dir / "restoration_metrics.json").read_text())
     report = {k: v for k, v in report.items() if k != "per_image"}
     report.update(seconds=round(seconds, 1), final_loss=float(trainer.state.output[0]["loss"]))
     return ckpt, report
+
+
+def _finetune(
+    run_dir: Path,
+    common: Mapping[str, Any],
+    init: str,
+    ckpt: Path,
+    fraction: float,
+    seed: int,
+    epochs: int,
+    steps_per_epoch: int,
+    batch_size: int,
+    lr: float,
+    freeze: bool,
+    test_items: Sequence[Mapping[str, Any]],
+    n_classes: int,
+) -> dict[str, Any]:
+    """One run of the bundle's ``finetune_classification.json``, evaluated on ``test_items``."""
+    overrides = {
+        **common,
+        "bundle_root": str(run_dir),
+        "ckpt_dir": str(run_dir / "models"),
+        "log_dir": str(run_dir / "logs"),
+        "label_fraction": float(fraction),
+        "label_seed": int(seed),
+        "seed": int(seed),
+        "pretrained_ckpt": str(ckpt) if init == "pretrained" else "",
+        "freeze_encoder": bool(freeze),
+        "max_epochs": int(epochs),
+        "train#trainer#epoch_length": int(steps_per_epoch),
+        "batch_size": int(batch_size),
+        "learning_rate": float(lr),
+        "class_weighting": "none",
+        "val_interval": int(epochs) + 1,  # the runs are compared on the test split only
+    }
+    t0 = time.monotonic()
+    done = _run_config("finetune_classification.json", overrides, keep=["network", "validate#preprocessing"])
+    net, preprocessing = done["network"], done["validate#preprocessing"]
+    images = torch.stack([torch.as_tensor(preprocessing(dict(it))["image"]) for it in test_items])
+    labels = torch.tensor([int(it[OCTKeys.LABEL]) for it in test_items])
+    result = _evaluate(net, images, labels, n_classes, next(net.parameters()).device)
+    result["seconds"] = round(time.monotonic() - t0, 1)
+    return result
 
 
 def _evaluate(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, n_classes: int, device) -> dict:
@@ -143,50 +170,6 @@ def _evaluate(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, 
     onehot = torch.nn.functional.one_hot(labels, n_classes).float()
     auc = float(compute_roc_auc(prob, onehot, average="macro"))
     return {"accuracy": acc, "balanced_accuracy": float(np.mean(recalls)), "auc": auc}
-
-
-def _finetune(
-    init: str,
-    ckpt: Path | None,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    test: tuple[torch.Tensor, torch.Tensor],
-    n_classes: int,
-    features: Sequence[int],
-    epochs: int,
-    steps_per_epoch: int,
-    batch_size: int,
-    lr: float,
-    freeze: bool,
-    seed: int,
-    device: torch.device,
-    bf16: bool,
-) -> dict[str, Any]:
-    set_determinism(seed)
-    net = EncoderClassifier(n_classes, features=features, dropout=0.2)
-    if init == "pretrained":
-        load_pretrained(net, ckpt, freeze=freeze)
-    net = net.to(device)
-    tf = RandFlipd(keys="image", prob=0.5, spatial_axis=1)
-    tf.set_random_state(seed)
-    ds = Dataset([{"image": im, "label": lab} for im, lab in zip(images, labels)], transform=tf)
-    gen = torch.Generator().manual_seed(int(seed))
-    loader = DataLoader(ds, batch_size=min(batch_size, len(ds)), shuffle=True, num_workers=0, generator=gen)
-    t0 = time.monotonic()
-    _trainer(
-        net,
-        loader,
-        torch.nn.CrossEntropyLoss(),
-        lr,
-        epochs,
-        device,
-        bf16,
-        epoch_length=steps_per_epoch,
-        weight_decay=1e-4,
-    ).run()
-    result = _evaluate(net, test[0], test[1], n_classes, device)
-    result["seconds"] = round(time.monotonic() - t0, 1)
-    return result
 
 
 def _first_per_class(items: Sequence[Mapping[str, Any]], n: int | None) -> list[dict[str, Any]]:
@@ -384,6 +367,7 @@ def run_label_efficiency(
             "eval_split": eval_split,
         },
         "bf16": bool(use_bf16),
+        "bundle": f"{BUNDLE} {json.loads((bundle_path(BUNDLE) / 'configs' / 'metadata.json').read_text())['version']}",
     }
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     result_path = out / "label_efficiency.json"
@@ -394,9 +378,25 @@ def run_label_efficiency(
             logger.warning("%s holds runs with other settings: starting again", result_path)
             previous = {}
 
-    tf = oct_preprocessing(image_size, crop_height)
-    tensors = {s: preprocess_items(items, tf, progress) for s, items in splits.items()}
-    labels = {s: torch.tensor([int(it[OCTKeys.LABEL]) for it in items]) for s, items in splits.items()}
+    # the splits the study uses, as a datalist the bundle's configs read
+    datalist_path = write_datalist(
+        out / "datalist.json",
+        {"name": settings["datalist"], "labels": {str(i): n for i, n in enumerate(class_names)},
+         "training": splits["training"], "validation": splits["validation"], "test": splits[eval_split]},
+    )  # fmt: skip
+    common = {
+        "datalist": str(datalist_path),
+        "class_names": class_names,
+        "image_size": list(image_size),
+        "crop_height": crop_height,
+        "features": list(features),
+        "patch_size": list(patch_size),
+        "num_swaps": int(num_swaps),
+        "device": dev,
+        "cpu_bf16": bool(use_bf16),
+        "num_workers": 0,
+        "resume": False,
+    }
 
     pre_dir = out / "pretrain"
     if pretrained_ckpt:
@@ -404,16 +404,12 @@ def run_label_efficiency(
     elif previous.get("pretraining") and (pre_dir / "model.pt").is_file():
         ckpt, pre_report = pre_dir / "model.pt", previous["pretraining"]
     else:
-        logger.info("pretraining on %d unlabelled training images", len(tensors["training"]))
-        ckpt, pre_report = _pretrain(
-            tensors["training"], tensors["validation"], pre_dir, features, pretrain_epochs, pretrain_batch_size,
-            pretrain_lr, patch_size, num_swaps, pretrain_seed, dev, use_bf16, progress,
-        )  # fmt: skip
+        logger.info("pretraining on %d unlabelled training images", len(splits["training"]))
+        ckpt, pre_report = _pretrain(pre_dir, common, pretrain_epochs, pretrain_batch_size, pretrain_lr, pretrain_seed)
         pre_report["checkpoint"] = str(ckpt)
     runs: list[dict[str, Any]] = list(previous.get("runs") or [])
     done = {(float(r["fraction"]), int(r["seed"]), r["init"]) for r in runs}
     steps = finetune_steps_per_epoch or -(-len(splits["training"]) // int(finetune_batch_size))
-    test = (tensors[eval_split], labels[eval_split])
 
     def save() -> dict[str, Any]:
         summary = summarise_runs(runs) if runs else {}
@@ -431,9 +427,7 @@ def run_label_efficiency(
                 "pretrained_ckpt": str(ckpt),
             },
         }
-        tmp = result_path.with_name(result_path.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=1) + "\n")
-        os.replace(tmp, result_path)
+        write_text_atomic(result_path, json.dumps(result, indent=1) + "\n")
         return result
 
     save()
@@ -446,8 +440,8 @@ def run_label_efficiency(
         }
         keep = [i for i, it in enumerate(splits["training"]) if str(it.get(OCTKeys.PATIENT_ID, "")) in patients]
         metrics = _finetune(
-            init, ckpt, tensors["training"][keep], labels["training"][keep], test, n_classes, features,
-            finetune_epochs, steps, finetune_batch_size, finetune_lr, flag(freeze_encoder), seed, dev, use_bf16,
+            out / "runs" / f"{fraction:g}_{seed}_{init}", common, init, ckpt, fraction, seed, finetune_epochs, steps,
+            min(int(finetune_batch_size), len(keep)), finetune_lr, flag(freeze_encoder), splits[eval_split], n_classes,
         )  # fmt: skip
         runs.append(
             {
@@ -462,6 +456,6 @@ def run_label_efficiency(
         logger.info("fraction %g seed %d %s: %s", fraction, seed, init, metrics)
         save()
     result = save()
-    (out / "label_efficiency.md").write_text(result["table"] + "\n")
+    write_text_atomic(out / "label_efficiency.md", result["table"] + "\n")
     plot_label_efficiency(runs, out / "label_efficiency.png")
     return result
