@@ -5,6 +5,8 @@
   interrupted run resumes) and writes ``report.md`` and ``metrics.json``. ``bundles/oct_synthesis_eval`` and
   ``medicraft evaluate`` are thin wrappers around it;
 - :mod:`.utility`: the TRTR/TSTR/TRTS utility study, which trains and tests the ``oct_classifier`` bundle;
+- :mod:`.label_efficiency`: pretrained versus from-scratch classification with few labels, which runs the
+  ``oct_context_restoration`` bundle's pretraining and fine-tuning configs;
 - :mod:`.settings`, :mod:`.report`, :mod:`.per_image`: the evaluation's settings, its report, per-image records.
 
 The metrics themselves (pure computations) live in :mod:`medicraft_monai.metrics`.
