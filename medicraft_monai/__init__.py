@@ -1,16 +1,23 @@
 """medicraft_monai: multiply small OCT data sets with class-conditioned diffusion models (a MONAI extension).
 
-Sub-packages:
+Rooms, lowest first; a room imports only rooms above it in this list (``tests/test_architecture.py`` checks it):
 
-- :mod:`medicraft_monai.data`: readers (PNG/JPEG/TIFF, NIfTI, DICOM Ophthalmic Tomography, vendor files),
-  datalists, patient-grouped splits and the procedural OCT phantom.
-- :mod:`medicraft_monai.transforms`: OCT transforms, array and dictionary twins in MONAI style.
-- :mod:`medicraft_monai.inferers`: class-conditioned diffusion (training pass, guided sampling, pixel and latent).
-- :mod:`medicraft_monai.schedulers`: samplers beside MONAI's (DPM-Solver++ 2M) and the sampler registry.
-- :mod:`medicraft_monai.engines`: prepare-batch and handlers for ignite/MONAI engines.
-- :mod:`medicraft_monai.synthesis`: generator bundles behind one interface, and dataset multiplication.
-- :mod:`medicraft_monai.demo`, :mod:`medicraft_monai.cli`: the main job and the ``medicraft`` command.
+- :mod:`medicraft_monai.utils`: the shared helpers (atomic writes, sha256 of a file, JSON-able values, switches);
+  ``visualize`` beside it draws image grids.
 - :mod:`medicraft_monai.bundles`: finds the MONAI bundles shipped with the package.
+- :mod:`medicraft_monai.data`: readers (PNG/JPEG/TIFF, NIfTI, DICOM Ophthalmic Tomography, vendor files),
+  datalists, patient-grouped splits and the procedural OCT phantom (a package).
+- :mod:`medicraft_monai.transforms`: OCT transforms, array and dictionary twins in MONAI style.
+- :mod:`medicraft_monai.networks`: network helpers and the one checkpoint loader.
+- :mod:`medicraft_monai.schedulers`: samplers beside MONAI's (DPM-Solver++ 2M) and the sampler registry.
+- :mod:`medicraft_monai.inferers`: class-conditioned diffusion (training pass, guided sampling, pixel and latent).
+- :mod:`medicraft_monai.metrics`: pure computations (fidelity, diversity, privacy, anatomy, classification).
+- :mod:`medicraft_monai.engines`: prepare-batch and handlers for ignite/MONAI engines.
+- :mod:`medicraft_monai.synthesis`: generator bundles behind one interface, and the synthesis job (multiply);
+  :mod:`medicraft_monai.ssl` beside it: self-supervised context restoration.
+- :mod:`medicraft_monai.evaluation`: studies that train and compare (utility, label efficiency) and the report.
+- :mod:`medicraft_monai.label`, :mod:`medicraft_monai.deploy`: the MONAI Label app and the MONAI Deploy apps.
+- :mod:`medicraft_monai.demo`, :mod:`medicraft_monai.cli`: the main job and the ``medicraft`` command.
 """
 
 from __future__ import annotations
