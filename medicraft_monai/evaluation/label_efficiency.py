@@ -42,6 +42,7 @@ from medicraft_monai.bundles import bundle_path, config_files
 from medicraft_monai.data.datalist import write_datalist
 from medicraft_monai.data.errors import EmptyDatasetError
 from medicraft_monai.data.keys import OCTKeys
+from medicraft_monai.evaluation.workflow import run_bundle_workflow
 from medicraft_monai.inferers import bf16_is_fast
 from medicraft_monai.ssl.data import load_items
 from medicraft_monai.ssl.finetune import subsample_by_patient
@@ -70,22 +71,8 @@ def _run_config(
 ) -> dict[str, Any]:
     """Run the bundle's ``configs/<name>`` on top of its ``common.json`` with ``overrides`` (as ``monai.bundle run``
     with ``--key value`` would), and return the parsed ``keep`` ids (trained objects) after the run."""
-    from monai.bundle import ConfigWorkflow
-
     root = Path(bundle_root) if bundle_root is not None else bundle_path(BUNDLE)
-    workflow = ConfigWorkflow(
-        config_file=[str(p) for p in config_files(root, name)],
-        meta_file=str(root / "configs" / "metadata.json"),
-        logging_file=False,
-        workflow_type=None,
-        **dict(overrides),
-    )
-    workflow.initialize()
-    try:
-        workflow.run()
-        return {k: workflow.parser.get_parsed_content(k, lazy=True) for k in keep}
-    finally:
-        workflow.finalize()
+    return run_bundle_workflow(config_files(root, name), root / "configs" / "metadata.json", overrides, keep)
 
 
 def _pretrain(out_dir: Path, common: Mapping[str, Any], epochs: int, batch_size: int, lr: float, seed: int) -> tuple:

@@ -38,6 +38,7 @@ from medicraft_monai.bundles import bundle_path, config_files
 from medicraft_monai.data.datalist import check_splits, write_datalist
 from medicraft_monai.data.errors import EmptyDatasetError, SplitLeakError
 from medicraft_monai.data.keys import OCTKeys
+from medicraft_monai.evaluation.workflow import run_bundle_workflow
 from medicraft_monai.metrics.classification import classification_items, save_confusion_matrix
 
 __all__ = [
@@ -174,21 +175,8 @@ def _write_datalist(path: Path, class_names: Sequence[str], **splits: Sequence[M
 
 
 def _run_workflow(config_files: Sequence[Path], settings: ClassifierSettings, **overrides: Any) -> None:
-    from monai.bundle import ConfigWorkflow
-
     root = Path(settings.bundle_root)
-    workflow = ConfigWorkflow(
-        config_file=[str(f) for f in config_files],
-        meta_file=str(root / "configs" / "metadata.json"),
-        logging_file=False,
-        workflow_type=None,
-        **{**settings.bundle_overrides(), **overrides},
-    )
-    workflow.initialize()
-    try:
-        workflow.run()
-    finally:
-        workflow.finalize()
+    run_bundle_workflow(config_files, root / "configs" / "metadata.json", {**settings.bundle_overrides(), **overrides})
 
 
 def train_classifier(
