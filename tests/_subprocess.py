@@ -39,15 +39,16 @@ def cli_overrides(overrides: Mapping[str, object]) -> list[str]:
 
 
 def monai_bundle_cmd(
-    config_files: Sequence[str | os.PathLike], bundle_root: str | os.PathLike, **overrides
+    config_files: Sequence[str | os.PathLike], bundle_root: str | os.PathLike, layered: bool = True, **overrides
 ) -> list[str]:
     """The ``python -m monai.bundle run`` command for one config file or several (merged in order).
 
     A bundle's ``configs/common.json`` (the components its other configs are layered on) comes first when the
-    bundle has one, as a user types it: ``--config_file "['configs/common.json','configs/train.json']"``."""
+    bundle has one, as a user types it: ``--config_file "['configs/common.json','configs/train.json']"``; not with
+    ``layered=False``, for a standalone config (``multiply.json``, ``label_efficiency.json``)."""
     files = [str(f) for f in config_files]
     common = Path(files[0]).parent / "common.json"
-    if common.is_file() and str(common) not in files:
+    if layered and common.is_file() and str(common) not in files:
         files.insert(0, str(common))
     config = files[0] if len(files) == 1 else repr(files)
     return [

@@ -4,10 +4,9 @@ oct_context_restoration bundle's own pretraining and fine-tuning configs, and a 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-from _subprocess import run_group
+from _subprocess import monai_bundle_cmd, run_group
 
 from medicraft_monai.data import build_datalist, load_datalist, write_datalist
 from medicraft_monai.evaluation.label_efficiency import run_label_efficiency
@@ -38,17 +37,7 @@ def test_label_efficiency_bundle_config_runs_and_resumes(oct2017_dir, tmp_path) 
         "max_per_class": 4,
         "device": "cpu",
     }
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        str(BUNDLE / "configs" / "label_efficiency.json"),
-    ]
-    cmd += ["--bundle_root", str(tmp_path)]
-    for k, v in overrides.items():
-        cmd += [f"--{k}", v if isinstance(v, str) else repr(v)]
+    cmd = monai_bundle_cmd([BUNDLE / "configs" / "label_efficiency.json"], tmp_path, layered=False, **overrides)
     proc = run_group(cmd, 240, cwd=REPO_ROOT)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     result = json.loads((out / "label_efficiency.json").read_text())
