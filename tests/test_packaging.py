@@ -11,6 +11,7 @@ through ``python -m monai.bundle run``.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import sys
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 from _subprocess import REPO_ROOT, cli_overrides, run_group
 
-from medicraft_monai.bundles import config_files
+from medicraft_monai.bundles import bundle_path, config_files, list_bundles
 
 #: what the wheel is built from (the rest of the checkout is not part of the distribution)
 SOURCES = ("pyproject.toml", "setup.py", "setup.cfg", "README.md", "medicraft_monai", "bundles")
@@ -172,3 +173,28 @@ def test_an_editable_install_finds_the_bundles_of_its_checkout(source: Path, tmp
     assert Path(info["root"]).resolve() == (source / "bundles").resolve()
     assert info["bundles"] == _checkout_bundles()
     assert info["version"] == _version()
+
+
+def test_a_source_tree_that_was_never_installed_finds_the_bundles_beside_the_package(
+    source: Path, tmp_path: Path
+) -> None:
+    python, site = _venv(tmp_path / "venv")
+    _see_project_packages(site)
+    proc = run_group(
+        [str(python), "-c", PROBE],
+        120,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(source), "PYTHONSAFEPATH": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not info["zoo_package"] and Path(info["root"]) == source / "bundles"
+    assert info["bundles"] == _checkout_bundles()
+
+
+def test_an_unknown_bundle_name_lists_the_known_ones() -> None:
+    with pytest.raises(
+        FileNotFoundError, match=r"'oct_nope' is not a bundle shipped with medicraft_monai \(known bundles: oct_"
+    ):
+        bundle_path("oct_nope")
+    assert set(_checkout_bundles()) == set(list_bundles())
