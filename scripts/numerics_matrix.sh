@@ -14,6 +14,7 @@ tests=(
   tests/test_solvers.py tests/test_inferers_latent.py tests/test_diffusion_core.py tests/test_metrics_features.py
   tests/test_metrics_fidelity.py tests/test_metrics_diversity.py tests/test_metrics_privacy.py
   tests/test_metrics_classification.py tests/test_transforms_context.py tests/test_transforms_intensity.py
+  tests/test_transforms_latent.py tests/test_inferers_autocast.py
 )
 status=0
 for setting in ATEN_CPU_CAPABILITY=default ATEN_CPU_CAPABILITY=avx2 ATEN_CPU_CAPABILITY=avx512 \

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from medicraft_monai.bundles import config_files
+from medicraft_monai.networks.checkpoint import load_weights
 
 __all__ = ["example_network_inputs", "randomise_zero_weights", "verify_bundle_network"]
 
@@ -155,8 +156,7 @@ def verify_bundle_network(
         parser[key] = value
     network = parser.get_parsed_content(net_id)
     if ckpt_path is not None:
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        network.load_state_dict(state["state_dict"] if "state_dict" in state else state)
+        load_weights(network, ckpt_path, what="bundle weights")
     else:
         randomise_zero_weights(network)
     network = network.to(device).eval()
