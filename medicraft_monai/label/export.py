@@ -25,7 +25,7 @@ from medicraft_monai.data.datalist import SHA256_KEY, SPLITS, load_datalist, wri
 from medicraft_monai.data.errors import OCTDataError, UnknownLabelError
 from medicraft_monai.data.keys import OCTKeys
 from medicraft_monai.label.review import ANOMALY_TAGS, DECISION_RULES, decide
-from medicraft_monai.synthesis.job import synthetic_datalist_item
+from medicraft_monai.synthesis.job import synthetic_datalist, synthetic_datalist_item
 from medicraft_monai.utils import write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -355,19 +355,13 @@ def export_reviews(
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = _summary(images, rule)
-    datalist = {
-        "name": "expert-accepted-synthetic",
-        "description": f"synthetic images accepted by expert review ({rule}) in {Path(studies).resolve()}",
-        "labels": {str(i): c for i, c in enumerate(names)},
-        "num_classes": len(names),
-        "numTraining": len(items),
-        "numValidation": 0,
-        "numTest": 0,
-        "training": items,
-        "validation": [],
-        "test": [],
-        "synthetic": {"source": "medicraft_monai MONAI Label review", "rule": rule, "count": len(items)},
-    }
+    datalist = synthetic_datalist(
+        items,
+        "expert-accepted-synthetic",
+        f"synthetic images accepted by expert review ({rule}) in {Path(studies).resolve()}",
+        {"source": "medicraft_monai MONAI Label review", "rule": rule, "count": len(items)},
+        base={"labels": {str(i): c for i, c in enumerate(names)}, "num_classes": len(names)},
+    )
     dl_path = write_datalist(out / ACCEPTED_DATALIST, datalist)
 
     reviewed = [im for im in images.values() if im["synthetic"] and im["decision"] is not None]

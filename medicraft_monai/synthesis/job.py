@@ -59,6 +59,7 @@ __all__ = [
     "SynthesisJob",
     "check_output_dir",
     "distributed",
+    "synthetic_datalist",
     "synthetic_datalist_item",
 ]
 
@@ -240,6 +241,29 @@ def synthetic_datalist_item(
         "seed": seed,
         "model_sha256": model_sha256 or "",
         **extra,
+    }
+
+
+def synthetic_datalist(
+    items: Sequence[Mapping[str, Any]],
+    name: str,
+    description: str,
+    synthetic: Mapping[str, Any],
+    base: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A datalist of synthetic training images only: ``base``'s keys (labels, class names...) with ``items`` as the
+    training split, empty validation and test splits, and a ``synthetic`` block saying how the images were made."""
+    return {
+        **dict(base or {}),
+        "name": name,
+        "description": description,
+        "numTraining": len(items),
+        "numValidation": 0,
+        "numTest": 0,
+        "training": list(items),
+        "validation": [],
+        "test": [],
+        "synthetic": dict(synthetic),
     }
 
 

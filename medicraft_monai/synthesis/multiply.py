@@ -40,7 +40,7 @@ from medicraft_monai.data.datalist import check_splits, count_table, datalist_cl
 from medicraft_monai.utils import write_text_atomic
 
 from .generator import DiffusionGenerator
-from .job import MANIFEST_CSV, MANIFEST_JSONL, SynthesisJob, check_output_dir, distributed
+from .job import MANIFEST_CSV, MANIFEST_JSONL, SynthesisJob, check_output_dir, distributed, synthetic_datalist
 from .plan import ImageTask, parse_target, plan_counts, plan_tasks, real_counts
 from .writers import check_format
 
@@ -87,18 +87,9 @@ def _finalize(
     }
     base = {k: v for k, v in real.items() if k not in ("training", "validation", "test", "excluded", "duplicates")}
     name = str(real.get("name") or datalist_path.stem)
-    synthetic = {
-        **base,
-        "name": f"{name}-synthetic",
-        "description": f"synthetic images only ({target}), made by medicraft_monai multiply",
-        "numTraining": len(items),
-        "numValidation": 0,
-        "numTest": 0,
-        "training": items,
-        "validation": [],
-        "test": [],
-        "synthetic": info,
-    }
+    synthetic = synthetic_datalist(
+        items, f"{name}-synthetic", f"synthetic images only ({target}), made by medicraft_monai multiply", info, base
+    )
     combined = {
         **dict(real),
         "name": f"{name}+synthetic",
