@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
 from os import PathLike
@@ -23,6 +24,7 @@ from medicraft_monai.data.errors import OCTDataError
 __all__ = [
     "STATE_DICT_KEYS",
     "CheckpointError",
+    "check_checkpoint_file",
     "latest_checkpoint",
     "load_state_dict",
     "load_weights",
@@ -55,6 +57,21 @@ def read_checkpoint(path: str | PathLike, what: str = "checkpoint", hint: str = 
         CheckpointError: a missing path, a folder, or a file torch cannot read (truncated, random bytes, a pickle
             holding code or objects other than tensors and plain containers).
     """
+    p = check_checkpoint_file(path, what, hint)
+    try:
+        with warnings.catch_warnings():  # torch's pickle-protocol notice is not the user's problem
+            warnings.simplefilter("ignore")
+            return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - every reading problem is reported with the file name
+        raise CheckpointError(p, f"cannot read the {what}: {_unreadable_reason(p, err)}") from None
+
+
+def check_checkpoint_file(path: str | PathLike, what: str = "checkpoint", hint: str = "") -> Path:
+    """``path`` as a :class:`~pathlib.Path` when it is a non-empty file (what :func:`read_checkpoint` checks first).
+
+    Raises:
+        CheckpointError: a folder, a missing path or an empty file, each with its own message.
+    """
     p = Path(path)
     if p.is_dir():
         raise CheckpointError(p, f"is a folder, not a {what} file (give the model.pt inside it)")
@@ -62,17 +79,33 @@ def read_checkpoint(path: str | PathLike, what: str = "checkpoint", hint: str = 
         raise CheckpointError(p, f"{what} not found" + (f"; {hint}" if hint else ""))
     if p.stat().st_size == 0:
         raise CheckpointError(p, f"{what} is empty (0 bytes): an interrupted copy or download?")
-    try:
-        return torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - every reading problem is reported with the file name
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if "weights_only" in str(err) or "Unsupported global" in str(err):
-            reason = "it holds objects other than tensors and plain containers, which are not loaded for safety"
-        raise CheckpointError(
-            p,
-            f"cannot read the {what} ({type(err).__name__}: {reason}); the file is truncated, corrupt or not a "
-            "PyTorch checkpoint",
-        ) from None
+    return p
+
+
+def _unreadable_reason(path: Path, err: Exception) -> str:
+    """What is wrong with a file ``torch.load(weights_only=True)`` refused, in words (never torch's advice to load
+    it with ``weights_only=False``)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    text = str(err)
+    if head.startswith(b"PK\x03\x04") and not _is_complete_checkpoint(path):
+        return "the file is truncated (its zip archive has no end): an interrupted copy or download?"
+    if head.startswith(b"PK\x03\x04") and "weights_only" in text:
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        return (
+            "it holds objects other than tensors and plain containers"
+            + (f" ({found[1]})" if found else "")
+            + ", which are not loaded for safety: save only the state dict (torch.save(network.state_dict(), path))"
+        )
+    if not head.startswith((b"PK\x03\x04", b"\x80")):
+        return "not a PyTorch checkpoint (neither a zip archive nor a pickle): random bytes or another format?"
+    if not head.startswith(b"PK"):
+        return (
+            "a plain Python pickle, not a PyTorch checkpoint (torch.save writes a zip archive); it is not loaded "
+            "for safety"
+        )
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)
+    return f"the file is corrupt or not a PyTorch checkpoint ({type(err).__name__}: {first[:200]})"
 
 
 def _is_state_dict(obj: Any) -> bool:

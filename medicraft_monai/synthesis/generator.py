@@ -40,7 +40,7 @@ from monai.bundle import ConfigParser
 from medicraft_monai.bundles import config_files
 from medicraft_monai.engines.records import GeneratorError, check_diffusion_settings
 from medicraft_monai.inferers.conditional import seeded_noise
-from medicraft_monai.networks.checkpoint import CheckpointError, load_state_dict
+from medicraft_monai.networks.checkpoint import CheckpointError, check_checkpoint_file, load_weights
 from medicraft_monai.utils import file_sha256
 
 __all__ = ["DiffusionGenerator"]
@@ -192,9 +192,10 @@ class DiffusionGenerator:
             GeneratorError: missing checkpoint, weights trained with other ``diffusion_settings``, a checkpoint that
                 does not fit the network, or a class count that does not match the network's class embeddings.
         """
-        ckpt = Path(ckpt_path)
-        if not ckpt.is_file():
-            raise GeneratorError(f"{ckpt}: checkpoint not found; train the bundle first or give ckpt_path")
+        try:
+            ckpt = check_checkpoint_file(ckpt_path, hint="train the bundle first or give --ckpt_path")
+        except CheckpointError as err:
+            raise GeneratorError(str(err)) from None
         if diffusion_settings is not None:
             check_diffusion_settings(ckpt, diffusion_settings)
         names = [str(c) for c in class_names]
@@ -205,13 +206,9 @@ class DiffusionGenerator:
                 f"({names}); expected {len(names) + 1} (the classes plus the null class)"
             )
         try:
-            state = load_state_dict(ckpt, "generator checkpoint")
+            load_weights(network, ckpt, "generator checkpoint")
         except CheckpointError as err:
             raise GeneratorError(str(err)) from None
-        try:
-            network.load_state_dict(state)
-        except (RuntimeError, KeyError, TypeError) as err:
-            raise GeneratorError(f"{ckpt}: checkpoint does not match the bundle's network_def: {err}") from err
         dev = (
             torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         )

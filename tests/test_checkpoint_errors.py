@@ -1,0 +1,100 @@
+"""Every bad checkpoint given to ``medicraft multiply --ckpt_path`` ends in one clear line naming the file and what is
+wrong with it (exit status 2, no traceback, no torch advice to load with ``weights_only=False``), and the file is
+left as it was: random bytes, a truncated file, an empty file, a plain Python pickle, a torch file holding objects
+that are not loaded for safety, a file holding no state dict, a folder, a missing file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from _subprocess import run_group
+from test_multiply import CLASSES, make_tiny_bundle, real_item
+
+from medicraft_monai.data import write_datalist
+from medicraft_monai.networks import CheckpointError, load_state_dict, read_checkpoint
+
+MEDICRAFT = [sys.executable, "-c", "from medicraft_monai.cli import main; main()"]
+
+#: kind -> (how to make it from the good checkpoint's bytes, words the message must hold)
+BAD_CHECKPOINTS = {
+    "random_bytes": (lambda p, good: p.write_bytes(os.urandom(4096)), "neither a zip archive nor a pickle"),
+    "truncated": (lambda p, good: p.write_bytes(good[: len(good) // 2]), "truncated (its zip archive has no end)"),
+    "empty": (lambda p, good: p.write_bytes(b""), "empty (0 bytes)"),
+    "plain_pickle": (lambda p, good: p.write_bytes(pickle.dumps({"w": [1.0, 2.0]})), "a plain Python pickle"),
+    "foreign_objects": (
+        lambda p, good: torch.save({"args": argparse.Namespace(lr=1.0)}, p),
+        "objects other than tensors",
+    ),
+    "no_state_dict": (lambda p, good: torch.save({"epoch": 3}, p), "holds no network state dict"),
+    "folder": (lambda p, good: p.mkdir(), "is a folder"),
+    "missing": (lambda p, good: None, "checkpoint not found"),
+}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, oct2017_dir: Path, oct2017_manifest) -> tuple[Path, Path]:
+    """The tiny random-weight generator bundle of test_multiply and a datalist of one real B-scan per class."""
+    root = tmp_path_factory.mktemp("ckpt")
+    bundle = make_tiny_bundle(root / "bundle")
+    rows = {r["label"]: r for r in oct2017_manifest}
+    datalist = {
+        "name": "tiny",
+        "labels": {str(i): c for i, c in enumerate(CLASSES)},
+        "num_classes": len(CLASSES),
+        "training": [real_item(rows[c], oct2017_dir) for c in CLASSES],
+        "validation": [],
+        "test": [],
+    }
+    return bundle, write_datalist(root / "datalist.json", datalist)
+
+
+def _make(kind: str, folder: Path, good: bytes) -> Path:
+    path = folder / f"{kind}.pt"
+    BAD_CHECKPOINTS[kind][0](path, good)
+    return path
+
+
+def _snapshot(folder: Path) -> dict[str, bytes | None]:
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None) for p in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_CHECKPOINTS))
+def test_read_checkpoint_names_the_file_and_the_problem(kind: str, tmp_path: Path, setup) -> None:
+    bundle, _ = setup
+    path = _make(kind, tmp_path, (bundle / "models" / "model.pt").read_bytes())
+    try:
+        load_state_dict(path, "generator checkpoint")
+    except CheckpointError as err:
+        text = str(err)
+    else:
+        pytest.fail(f"{kind}: no error")
+    assert str(path) in text and BAD_CHECKPOINTS[kind][1] in text, text
+    assert "weights_only=False" not in text and "\n" not in text and len(text) < 400, text
+
+
+def test_a_good_checkpoint_still_reads(setup) -> None:
+    bundle, _ = setup
+    assert isinstance(read_checkpoint(bundle / "models" / "model.pt"), dict)
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_CHECKPOINTS))
+def test_multiply_command_reports_a_bad_checkpoint_in_one_line(kind: str, tmp_path: Path, setup) -> None:
+    bundle, datalist = setup
+    bad_dir = tmp_path / "given"
+    bad_dir.mkdir()
+    path = _make(kind, bad_dir, (bundle / "models" / "model.pt").read_bytes())
+    before = _snapshot(bad_dir)
+    cmd = [*MEDICRAFT, "multiply", str(datalist), str(tmp_path / "out"), "--bundle_root", str(bundle)]
+    proc = run_group([*cmd, "--ckpt_path", str(path), "--progress", "false"], timeout=120)
+    last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "weights_only=False" not in proc.stderr, proc.stderr[-2000:]
+    assert last.startswith("medicraft: error: ") and str(path) in last and BAD_CHECKPOINTS[kind][1] in last, last
+    assert _snapshot(bad_dir) == before
