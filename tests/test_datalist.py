@@ -8,6 +8,8 @@ import json
 import logging
 import re
 import shutil
+import subprocess
+import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -57,6 +59,14 @@ def _copy_tree(dest: Path, paths: list[Path]) -> list[Path]:
         shutil.copyfile(p, target)
         out.append(target)
     return out
+
+
+def _copy_renamed(dest: Path, paths: list[Path], name) -> None:
+    """Copy real B-scans into dest/<class folder>/<name(i)> (file names without a Kermany patient id)."""
+    for i, p in enumerate(paths):
+        target = dest / p.parent.name / name(i)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(p, target)
 
 
 # ---------------------------------------------------------------------------------------------------- real sample
@@ -345,10 +355,7 @@ def test_folder_without_manifest_uses_kermany_names(tmp_path, real_bscan_paths):
 
 def test_patient_regex_and_stem_fallback(tmp_path, real_bscan_paths, caplog):
     root = tmp_path / "data"
-    for i, p in enumerate(real_bscan_paths[:8]):
-        target = root / p.parent.name / f"subj{i % 3}_scan{i}.jpeg"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(p, target)
+    _copy_renamed(root, real_bscan_paths[:8], lambda i: f"subj{i % 3}_scan{i}.jpeg")
     datalist = build_datalist(root, patient_regex=r"subj(\d+)_")
     assert {it["patient_id"] for it in _all_items(datalist)} == {"0", "1", "2"}
     with caplog.at_level(logging.WARNING, logger="medicraft_monai.data.datalist"):
@@ -541,3 +548,171 @@ def test_write_and_load_round_trip_and_class_name_clash_warning(real, oct2017_di
     with caplog.at_level(logging.WARNING, logger="medicraft_monai.data.datalist"):
         write_datalist(clash / "dl.json", {**datalist, "validation": [], "test": []})
     assert "load_decathlon_datalist" in caplog.text and "'CNV'" in caplog.text
+
+
+# ------------------------------------------------------------------------------------- issue 14: outputs, unreadable
+def _medicraft(*args: str) -> subprocess.CompletedProcess:
+    """``medicraft ARGS`` as a user runs it (the installed console script)."""
+    exe = Path(sys.executable).with_name("medicraft")
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=300)
+
+
+def _snapshot(root: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def user_inputs(tmp_path: Path, real_bscan_paths: list[Path]) -> dict[str, Path]:
+    """A folder of class folders (with a manifest.csv), a CSV listing the same images, and a labels CSV."""
+    root = tmp_path / "data"
+    copies = []
+    for cls in ("CNV", "NORMAL"):
+        copies += _copy_tree(root, [p for p in real_bscan_paths if p.parent.name == cls][:3])
+    with open(root / "manifest.csv", "w", newline="") as f:
+        f.write("file,patient_id\n" + "".join(f"{c.parent.name}/{c.name},{c.name.split('-')[1]}\n" for c in copies))
+    table = tmp_path / "scans.csv"
+    table.write_text("image,label\n" + "".join(f"data/{c.parent.name}/{c.name},{c.parent.name}\n" for c in copies))
+    labels = tmp_path / "labels.csv"
+    labels.write_text("patient_id,label\n1,CNV\n")
+    return {"root": root, "csv": table, "labels": labels, "image": copies[0]}
+
+
+@pytest.mark.parametrize(
+    ("source", "output", "extra", "problem"),
+    [
+        ("csv", "csv", (), "is the source CSV"),
+        ("csv", "image", (), "must be a .json file, not '.jpeg'"),
+        ("root", "image", (), "inside the source's class folder 'CNV'"),
+        ("root", "manifest", (), "is the source's manifest.csv"),
+        ("root", "labels", ("--labels_csv",), "is the labels CSV (--labels_csv)"),
+        ("root", "txt", (), "must be a .json file, not '.txt'"),
+        ("root", "in_class_folder", (), "inside the source's class folder 'CNV'"),
+    ],
+)
+def test_datalist_refuses_an_output_that_is_an_input_or_lies_among_them(user_inputs, source, output, extra, problem):
+    root = user_inputs["root"]
+    targets = {
+        "csv": user_inputs["csv"],
+        "image": user_inputs["image"],
+        "manifest": root / "manifest.csv",
+        "labels": user_inputs["labels"],
+        "txt": root.parent / "datalist.txt",
+        "in_class_folder": root / "CNV" / "datalist.json",
+    }
+    target = targets[output]
+    args = [str(user_inputs[source]), "-o", str(target)]
+    if extra:
+        args += [extra[0], str(user_inputs["labels"])]
+    before = _snapshot(root.parent)
+    proc = _medicraft("datalist", *args)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert str(target) in lines[0] and problem in lines[0] and "--output" in lines[0]
+    assert _snapshot(root.parent) == before  # every file as it was, and nothing new
+
+
+@pytest.fixture
+def unreadable(monkeypatch: pytest.MonkeyPatch):
+    """Make folders unreadable for real, even for root (which ignores permission bits): ``os.scandir`` of any of
+    the folders added to the returned set raises PermissionError, as it does for a user without read access."""
+    import os
+
+    blocked: set[Path] = set()
+    scandir = os.scandir
+
+    def guarded(path=".", *args, **kwargs):
+        if Path(path).resolve() in blocked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "scandir", guarded)
+    return blocked
+
+
+def test_unreadable_class_folder_and_subtree_are_excluded_entries_and_strict_stops(
+    user_inputs, unreadable, caplog, capsys
+):
+    from medicraft_monai.cli import main
+
+    root = user_inputs["root"]
+    sub = root / "CNV" / "exam2"
+    sub.mkdir()
+    shutil.copyfile(user_inputs["image"], sub / "CNV-77-1.jpeg")
+    (root / "DME").mkdir()
+    shutil.copyfile(user_inputs["image"], root / "DME" / "DME-78-1.jpeg")
+    unreadable.update({(root / "DME").resolve(), sub.resolve()})
+    with caplog.at_level(logging.WARNING, logger="medicraft_monai.data.datalist"):
+        datalist = build_datalist(root)
+    excluded = {e["image"]: e for e in datalist["excluded"]}
+    for folder in (root / "DME", sub):
+        assert "cannot read the folder (Permission denied)" in excluded[str(folder)]["reason"]
+        assert f"excluded {folder}: cannot read the folder" in caplog.text
+    assert len(_all_items(datalist)) == 6  # the readable images are kept
+    with pytest.raises(DataProblems, match="DME: cannot read the folder"):
+        build_datalist(root, strict=True)
+
+    before = _snapshot(root.parent)
+    out = root.parent / "strict.json"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["datalist", str(root), "--output", str(out), "--strict"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{root / 'DME'}: cannot read the folder (Permission denied)" in err and "Traceback" not in err
+    assert _snapshot(root.parent) == before
+
+
+def test_unreadable_root_is_an_error_naming_it(user_inputs, unreadable, capsys):
+    from medicraft_monai.cli import main
+
+    root = user_inputs["root"]
+    unreadable.add(root.resolve())
+    for kind in (None, "folder"):
+        with pytest.raises(OCTDataError, match="cannot read the datalist source folder") as err:
+            build_datalist(root, kind=kind)
+        assert err.value.path == str(root) and "no image files" not in str(err.value)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["datalist", str(root), "--output", str(root.parent / "dl.json")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"medicraft: error: {root}: cannot read the datalist source folder (Permission denied)"
+    assert not (root.parent / "dl.json").exists()
+
+
+def test_label_typo_class_of_one_image_warns_how_to_pin_classes(user_inputs, caplog):
+    table = user_inputs["csv"]
+    lines = table.read_text().splitlines()
+    lines[1] = lines[1].rsplit(",", 1)[0] + ",CNVV"  # a typo: one image would make a class of its own
+    table.write_text("\n".join(lines) + "\n")
+    with caplog.at_level(logging.WARNING, logger="medicraft_monai.data.datalist"):
+        datalist = build_datalist(table)
+    assert datalist["labels"] == {"0": "CNV", "1": "CNVV", "2": "NORMAL"}
+    assert "class 'CNVV' has a single image" in caplog.text and "a typo of 'CNV'?" in caplog.text
+    assert "--classes CNV,NORMAL" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="medicraft_monai.data.datalist"):
+        pinned = build_datalist(table, classes=["CNV", "NORMAL"])
+    assert "single image" not in caplog.text
+    assert [e["error"] for e in pinned["excluded"]] == ["UnknownLabelError"]
+
+
+def test_class_missing_from_validation_or_test_split_warns(user_inputs, real_bscan_paths, caplog):
+    root = user_inputs["root"]
+    dme = next(p for p in real_bscan_paths if p.parent.name == "DME")
+    _copy_tree(root, [dme])  # one patient of DME: it can reach one split only
+    with caplog.at_level(logging.WARNING, logger="medicraft_monai.data.datalist"):
+        datalist = build_datalist(root, fractions=(0.7, 0.3, 0.0))
+    assert [it["class_name"] for it in datalist["validation"]].count("DME") == 0
+    assert re.search(r"class\(es\) 'DME' have no image in the validation split", caplog.text)
+    assert "test split" not in caplog.text  # a split with fraction 0 is not asked for
+
+
+def test_no_patient_id_count_counts_only_kept_files(tmp_path, real_bscan_paths, caplog):
+    root = tmp_path / "data"
+    _copy_renamed(root, real_bscan_paths[:4], lambda i: f"scan{i}.jpeg")
+    (root / "CNV" / "scan_empty.jpeg").write_bytes(b"")  # left out: must not be counted
+    (root / "CNV" / "scan_cut.jpeg").write_bytes(real_bscan_paths[0].read_bytes()[:300])
+    with caplog.at_level(logging.WARNING, logger="medicraft_monai.data.datalist"):
+        datalist = build_datalist(root)
+    assert len(datalist["excluded"]) == 2
+    assert "4 file(s) have no patient id" in caplog.text

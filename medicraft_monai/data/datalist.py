@@ -328,6 +328,42 @@ def _attach_dicom(cands: list[_Candidate]) -> list[_Candidate]:
 # --------------------------------------------------------------------------------------------------------------------
 # sources
 # --------------------------------------------------------------------------------------------------------------------
+def _list_files(root: Path) -> tuple[list[Path], list[OCTDataError]]:
+    """The non-hidden files under ``root`` (recursively, sorted) and a problem for each sub-folder that cannot be
+    read (``Path.rglob`` skips those silently, so their images would vanish from the datalist unnoticed).
+
+    Raises:
+        OCTDataError: ``root`` itself cannot be read.
+    """
+    files: list[Path] = []
+    unreadable: list[OCTDataError] = []
+
+    def visit(folder: Path) -> None:
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as err:
+            reason = f"cannot read the folder ({err.strerror or err}); its images are left out"
+            if folder == root:
+                raise OCTDataError(folder, f"cannot read the datalist source folder ({err.strerror or err})") from None
+            unreadable.append(OCTDataError(folder, reason))
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = folder / entry.name
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    visit(path)
+                elif entry.is_file():
+                    files.append(path)
+            except OSError as err:
+                unreadable.append(OCTDataError(path, f"cannot be read ({err.strerror or err})"))
+
+    visit(root)
+    return sorted(files), unreadable
+
+
 def detect_source_kind(source: str | os.PathLike) -> str:
     """``"csv"`` for a CSV file, ``"dicom"`` for a folder whose images are all DICOM, else ``"folder"``.
 
@@ -343,11 +379,11 @@ def detect_source_kind(source: str | os.PathLike) -> str:
     if not path.is_dir():
         raise OCTDataError(path, "datalist source not found")
     formats = set()
-    for p in path.rglob("*"):
-        if p.is_file() and not _is_hidden(p.relative_to(path)):
-            fmt = _image_format(p)
-            if fmt is not None:
-                formats.add(fmt)
+    files, _ = _list_files(path)  # unreadable sub-folders are reported by the scan itself
+    for p in files:
+        fmt = _image_format(p)
+        if fmt is not None:
+            formats.add(fmt)
     if not formats:
         raise EmptyDatasetError(path, "no image files found (looked for PNG, JPEG, TIFF, NIfTI and DICOM files)")
     return "dicom" if formats == {"dicom"} else "folder"
@@ -368,9 +404,11 @@ def _scan_folder(
     if labels_csv is not None:
         skip.add(labels_csv.resolve())
     cands: list[_Candidate] = []
-    for p in sorted(root.rglob("*")):
+    files, unreadable = _list_files(root)
+    problems += unreadable
+    for p in files:
         rel = p.relative_to(root)
-        if not p.is_file() or _is_hidden(rel) or p.resolve() in skip:
+        if p.resolve() in skip:
             continue
         fmt = _image_format(p)
         if fmt is None:
@@ -471,10 +509,11 @@ def _apply_labels_csv(cands: list[_Candidate], labels_csv: Path, csv_columns: Ma
             )
 
 
-def _assign_patients(cands: list[_Candidate], patient_regex: str | None) -> int:
-    """Fill missing patient ids from the file name (regex), else the file stem; returns how many fell to the stem."""
+def _assign_patients(cands: list[_Candidate], patient_regex: str | None) -> set[Path]:
+    """Fill missing patient ids from the file name (regex), else the file stem; returns the files that fell to the
+    stem."""
     pattern = re.compile(patient_regex or DEFAULT_PATIENT_REGEX)
-    fallbacks = 0
+    fallbacks: set[Path] = set()
     for cand in cands:
         if cand.problem is not None:
             continue
@@ -490,7 +529,7 @@ def _assign_patients(cands: list[_Candidate], patient_regex: str | None) -> int:
                     cand.patient_id = match.group(0)
             if not cand.patient_id:
                 cand.patient_id = stem
-                fallbacks += 1
+                fallbacks.add(cand.path)
         if not cand.exam_id:
             cand.exam_id = _default_exam_id(cand.patient_id, cand.laterality)
     return fallbacks
@@ -519,6 +558,53 @@ def _resolve_classes(cands: list[_Candidate], classes: Sequence[str] | None) -> 
             continue
         cand.problem = UnknownLabelError(cand.path, f"label {cand.label!r} is not one of the classes {class_list}")
     return class_list
+
+
+def _warn_about_classes(src: Path, items: Sequence[Mapping[str, Any]], class_list: Sequence[str], pinned: bool) -> None:
+    """Warn about a class without images, and (classes not pinned) about a class of one image whose name looks like
+    a typo of another class (a CSV label such as ``CNVV`` silently becomes a class of its own)."""
+    import difflib
+
+    files: dict[int, set[str]] = defaultdict(set)
+    for it in items:
+        files[int(it[OCTKeys.LABEL])].add(it[OCTKeys.IMAGE])
+    for c, cname in enumerate(class_list):
+        if not files.get(c):
+            logger.warning("%s: class %r has no images", src, cname)
+        elif not pinned and len(files[c]) == 1 and len(class_list) > 1:
+            others = [o for o in class_list if o != cname and len(files.get(class_list.index(o), ())) > 1]
+            close = difflib.get_close_matches(cname, others, n=1, cutoff=0.6)
+            like = f" (a typo of {close[0]!r}?)" if close else ""
+            logger.warning(
+                "%s: class %r has a single image, %s%s; if it is a typo, fix the label, and pin the class list with "
+                "--classes %s so that an unknown label is left out instead of making a new class",
+                src,
+                cname,
+                next(iter(files[c])),
+                like,
+                ",".join(o for o in class_list if o != cname) if close else ",".join(class_list),
+            )
+
+
+def _warn_about_empty_splits(
+    src: Path, splits: Mapping[str, Sequence[Mapping[str, Any]]], class_list: Sequence[str], fractions: Sequence[float]
+) -> None:
+    """Warn about each class that has no image in the validation or test split (while that split is asked for)."""
+    for name, fraction in zip(SPLITS[1:], fractions[1:]):
+        if fraction <= 0:
+            continue
+        present = {int(it[OCTKeys.LABEL]) for it in splits.get(name) or []}
+        missing = [c for i, c in enumerate(class_list) if i not in present]
+        if missing:
+            logger.warning(
+                "%s: class(es) %s have no image in the %s split (too few patients for --fractions %s); "
+                "their %s scores cannot be measured",
+                src,
+                ", ".join(repr(c) for c in missing),
+                name,
+                ",".join(f"{f:g}" for f in fractions),
+                name,
+            )
 
 
 def _validate_files(
@@ -1075,6 +1161,37 @@ def load_datalist(
 # --------------------------------------------------------------------------------------------------------------------
 # entry point
 # --------------------------------------------------------------------------------------------------------------------
+def _output_file(output: str | os.PathLike) -> Path:
+    """The datalist file that ``output`` names (a folder, or a new name without suffix: its ``datalist.json``)."""
+    out = Path(output)
+    if out.is_dir() or (not out.suffix and not out.exists()):
+        out = out / "datalist.json"
+    return out
+
+
+def _check_output(out: Path, src: Path, kind: str, labels_csv: Path | None) -> None:
+    """Refuse, before anything is read or written, an output file that is one of the inputs (the source CSV, the
+    labels CSV, the manifest), lies inside a folder that the scan reads (a class folder of a folder source), or
+    does not end in ``.json`` (so that a typo cannot replace an image or a CSV)."""
+    target, root = out.resolve(), src.resolve()
+    named = {root: "the source CSV" if kind == "csv" else "the source"}
+    if labels_csv is not None:
+        named[labels_csv.resolve()] = "the labels CSV (--labels_csv)"
+    if kind != "csv":
+        named[(src / MANIFEST_NAME).resolve()] = f"the source's {MANIFEST_NAME}"
+    what = named.get(target)
+    if what is None and kind != "csv" and target.is_relative_to(root):
+        rel = target.relative_to(root)
+        if len(rel.parts) > 1 and not _is_hidden(rel):
+            what = f"inside the source's class folder {rel.parts[0]!r}, which the scan reads"
+    if what is not None:
+        raise OCTDataError(out, f"the datalist output (--output) is {what}; write it to a new .json file elsewhere")
+    if out.suffix.lower() != ".json":
+        raise OCTDataError(
+            out, f"the datalist output (--output) must be a .json file, not {out.suffix or '(no suffix)'!r}"
+        )
+
+
 def build_datalist(
     source: str | os.PathLike,
     output: str | os.PathLike | None = None,
@@ -1124,9 +1241,12 @@ def build_datalist(
     src = Path(source)
     labels_path = Path(labels_csv).resolve() if labels_csv is not None else None
     fr = _check_fractions(fractions)
+    out = None if output is None else _output_file(output)
     kind = kind or detect_source_kind(src)
     if kind not in ("folder", "dicom", "csv"):
         raise ValueError(f"kind must be 'folder', 'dicom' or 'csv', got {kind!r}")
+    if out is not None:
+        _check_output(out, src, kind, labels_path)
     context = f"building datalist from {src}"
     if kind == "csv":
         cands, problems = _scan_csv(src, csv_columns)
@@ -1145,14 +1265,6 @@ def build_datalist(
                 cand.path, "no label: the file is not inside a class folder and no manifest or labels CSV names one"
             )
     fallbacks = _assign_patients(cands, patient_regex)
-    if fallbacks:
-        logger.warning(
-            "%s: %d file(s) have no patient id (no CSV column, and the file name does not match %r); each is "
-            "treated as its own patient, so the split cannot be patient-safe. Give a manifest.csv or patient_regex.",
-            src,
-            fallbacks,
-            patient_regex or DEFAULT_PATIENT_REGEX,
-        )
     class_list = _resolve_classes(cands, classes)
     valid, hashes, file_problems = _validate_files(cands, check_images)
     problems = problems + file_problems
@@ -1180,11 +1292,19 @@ def build_datalist(
     if not items:
         listed = "; ".join(str(p) for p in problems[:5])
         raise EmptyDatasetError(src, f"no usable images ({len(problems)} excluded: {listed})")
-    for c, cname in enumerate(class_list):
-        if not any(it[OCTKeys.LABEL] == c for it in items):
-            logger.warning("%s: class %r has no images", src, cname)
+    kept_fallbacks = {c.path for c in valid} & fallbacks  # files left out are not counted
+    if kept_fallbacks:
+        logger.warning(
+            "%s: %d file(s) have no patient id (no CSV column, and the file name does not match %r); each is "
+            "treated as its own patient, so the split cannot be patient-safe. Give a manifest.csv or --patient_regex.",
+            src,
+            len(kept_fallbacks),
+            patient_regex or DEFAULT_PATIENT_REGEX,
+        )
+    _warn_about_classes(src, items, class_list, pinned=classes is not None)
 
     splits = split_by_patient(items, fr, seed)
+    _warn_about_empty_splits(src, splits, class_list, fr)
     datalist: dict[str, Any] = {
         "name": name or (src.stem if kind == "csv" else src.resolve().name),
         "description": f"OCT B-scans from {src.name} ({kind}), split by patient with seed {seed} (medicraft_monai)",
@@ -1203,10 +1323,7 @@ def build_datalist(
         "duplicates": duplicates,
     }
     check_splits(datalist)
-    if output is not None:
-        out = Path(output)
-        if out.is_dir() or (not out.suffix and not out.exists()):
-            out = out / "datalist.json"
+    if out is not None:
         write_datalist(out, datalist)
         logger.info("wrote %s", out)
     return datalist
