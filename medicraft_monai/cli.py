@@ -405,6 +405,8 @@ class ReviewCommands:
         result = export_reviews(studies, output_dir, rule=rule, anatomy=anatomy)
         for key in ("datalist", "report_md", "report_json"):
             print(f"{key}: {result[key]}")
+        if result["refused"]:
+            print(f"refused: {len(result['refused'])} image(s), not exported (see {result['report_json']})")
 
 
 def _write_accepted(result: dict, reviews: str) -> None:

@@ -24,9 +24,9 @@ from typing import Any
 from medicraft_monai.data.datalist import SHA256_KEY, SPLITS, load_datalist, write_datalist
 from medicraft_monai.data.errors import OCTDataError, UnknownLabelError
 from medicraft_monai.data.keys import OCTKeys
-from medicraft_monai.label.review import ANOMALY_TAGS, DECISION_RULES, decide
+from medicraft_monai.label.review import ANOMALY_TAGS, DECISION_RULES, decide, image_id_problem
 from medicraft_monai.synthesis.job import synthetic_datalist, synthetic_datalist_item
-from medicraft_monai.utils import write_json_atomic, write_text_atomic
+from medicraft_monai.utils import file_sha256, write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,27 @@ REPORT_MD = "review_report.md"
 
 class ReviewedImage(dict):
     """One image of the datastore: ``id``, ``path``, ``synthetic``, ``class_name``, ``provenance``, ``sha256``,
-    ``reviews`` (validated verdicts) and ``decision`` (accept/reject/None)."""
+    ``reviews`` (validated verdicts), ``decision`` (accept/reject/None) and ``refused`` (why a synthetic image is not
+    exported, or None: see :func:`refusal`)."""
+
+
+def refusal(image_id: str, path: Path, info: Mapping[str, Any], root: Path) -> str | None:
+    """Why a synthetic image the datastore lists is not exported, or None: its id must be a plain file name, its
+    file must lie inside the studies folder ``root`` (after following links) and exist, and it must be an image the
+    app registered (provenance and checksum recorded) whose bytes are still the recorded ones."""
+    problem = image_id_problem(image_id, root)
+    if problem is not None:
+        return f"its id {problem}: its file would lie outside the studies folder"
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root):
+        return f"its file {path} resolves to {resolved}, outside the studies folder"
+    if not resolved.is_file():
+        return f"its file {path} does not exist"
+    if not info.get("provenance") or not info.get("sha256"):
+        return "it has no provenance or checksum: not a synthetic image the app registered"
+    if file_sha256(resolved) != info["sha256"]:
+        return f"its file {path} is not the bytes the app recorded (sha256 differs): changed after it was registered"
+    return None
 
 
 def load_reviews(studies: str | os.PathLike, rule: str = "unanimous") -> dict[str, ReviewedImage]:
@@ -65,7 +85,7 @@ def load_reviews(studies: str | os.PathLike, rule: str = "unanimous") -> dict[st
     """
     if rule not in DECISION_RULES:
         raise ValueError(f"unknown decision rule {rule!r}; use one of {list(DECISION_RULES)}")
-    root = Path(studies)
+    root = Path(studies).resolve()
     store = root / DATASTORE_FILE
     if not store.is_file():
         raise OCTDataError(store, "no MONAI Label datastore here (start the server on this studies folder first)")
@@ -80,10 +100,13 @@ def load_reviews(studies: str | os.PathLike, rule: str = "unanimous") -> dict[st
         info = image.get("info") or {}
         reviews = list(info.get("reviews") or [])
         prov = dict(info.get("provenance") or {})
+        path = images_dir / f"{image_id}{image.get('ext', '')}"
+        synthetic = bool(info.get("synthetic"))
         out[image_id] = ReviewedImage(
             id=image_id,
-            path=str((images_dir / f"{image_id}{image.get('ext', '')}").resolve()),
-            synthetic=bool(info.get("synthetic")),
+            path=str(path.resolve()),
+            synthetic=synthetic,
+            refused=refusal(image_id, path, info, root) if synthetic else None,
             class_name=info.get("class_name") or prov.get("class_name"),
             label=info.get("label", prov.get("label")),
             provenance=prov,
@@ -273,6 +296,9 @@ def _markdown(report: Mapping[str, Any]) -> str:
         f"- synthetic images: {s['synthetic_images']} (reviewed {s['reviewed']}, unreviewed {s['unreviewed']})",
         f"- accepted: {s['accepted']}, rejected: {s['rejected']}, acceptance rate: **{_fmt(s['acceptance_rate'])}**",
         f"- accepted images written to `{report['datalist']}`",
+        f"- refused (not exported, not counted): {len(report.get('refused', []))} image(s) the datastore lists outside the "
+        "studies folder, missing, changed or not registered by the app",
+        *[f"  - `{r['image']}`: {r['reason']}" for r in report.get("refused", [])],
         "",
         "## Acceptance per class",
         "",
@@ -350,7 +376,11 @@ def export_reviews(
     Returns:
         ``{"datalist", "report_json", "report_md"}`` (paths) and ``"summary"`` (the report's figures).
     """
-    images = load_reviews(studies, rule)
+    every = load_reviews(studies, rule)
+    refused = [im for im in every.values() if im["refused"]]
+    for im in refused:
+        logger.warning("%s: refused image %r: %s", Path(studies) / DATASTORE_FILE, im["id"], im["refused"])
+    images = {k: im for k, im in every.items() if not im["refused"]}
     items, names = accepted_items(images, class_names)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -378,6 +408,7 @@ def export_reviews(
         "studies": str(Path(studies).resolve()),
         "datalist": str(dl_path),
         "summary": summary,
+        "refused": [{"image": im["id"], "path": im["path"], "reason": im["refused"]} for im in refused],
         "anatomy": anat,
         "images": [
             {
@@ -396,7 +427,13 @@ def export_reviews(
     write_json_atomic(json_path, report)
     md_path = out / REPORT_MD
     write_text_atomic(md_path, _markdown(report))
-    return {"datalist": str(dl_path), "report_json": str(json_path), "report_md": str(md_path), "summary": summary}
+    return {
+        "datalist": str(dl_path),
+        "report_json": str(json_path),
+        "report_md": str(md_path),
+        "summary": summary,
+        "refused": report["refused"],
+    }
 
 
 # -------------------------------------------------------------------------------------------------------- filtering
@@ -406,7 +443,11 @@ def _decisions(reviews: Any, rule: str) -> tuple[dict[str, str], dict[str, str]]
         path = Path(reviews)
         if path.is_dir():
             images = load_reviews(path, rule)
-            entries = [(im["sha256"], im["id"], im["decision"]) for im in images.values() if im["synthetic"]]
+            entries = [
+                (im["sha256"], im["id"], im["decision"])
+                for im in images.values()
+                if im["synthetic"] and not im["refused"]
+            ]
         else:
             try:
                 data = json.loads(path.read_text())

@@ -17,7 +17,9 @@ This module has no MONAI Label dependency: the server, ``medicraft review export
 from __future__ import annotations
 
 import datetime as _dt
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from medicraft_monai.data.phantom import DEFECTS
@@ -30,6 +32,7 @@ __all__ = [
     "VERDICTS",
     "ReviewError",
     "decide",
+    "image_id_problem",
     "merge_review",
     "validate_verdict",
 ]
@@ -172,3 +175,23 @@ def decide(reviews: Sequence[Mapping[str, Any]] | None, rule: str = "unanimous")
     else:
         ok = accepts > 0
     return "accept" if ok else "reject"
+
+
+def image_id_problem(image_id: Any, root: str | os.PathLike) -> str | None:
+    """Why ``image_id`` is not a safe datastore image id (a plain file stem inside the studies folder ``root``), or
+    None when it is. The server refuses such ids; ``medicraft review export`` refuses images a datastore lists under
+    them."""
+    if not isinstance(image_id, str) or not image_id.strip():
+        return "is empty"
+    bad = (
+        "/" in image_id
+        or "\\" in image_id
+        or ".." in image_id
+        or image_id.startswith(".")
+        or any(ord(c) < 32 for c in image_id)
+        or len(image_id) > 255
+    )
+    base = Path(root).resolve()
+    if bad or (base / image_id).resolve().parent != base:
+        return "is not a plain file name inside the studies folder (no '/', '..' or leading '.')"
+    return None

@@ -26,7 +26,14 @@ from typing import Any
 from fastapi import HTTPException
 from monailabel.datastore.local import LocalDatastore
 
-from medicraft_monai.label.review import REVIEW_TAG, ReviewError, decide, merge_review, validate_verdict
+from medicraft_monai.label.review import (
+    REVIEW_TAG,
+    ReviewError,
+    decide,
+    image_id_problem,
+    merge_review,
+    validate_verdict,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -39,26 +46,9 @@ PROTECTED_INFO = ("reviews", "review_status")
 
 def check_image_id(image_id: Any, root: str | os.PathLike) -> str:
     """Return ``image_id`` when it is a safe file stem inside ``root``; raise HTTP 400 otherwise."""
-    if not isinstance(image_id, str) or not image_id.strip():
-        raise HTTPException(status_code=400, detail="image id is empty")
-    bad = (
-        "/" in image_id
-        or "\\" in image_id
-        or ".." in image_id
-        or image_id.startswith(".")
-        or any(ord(c) < 32 for c in image_id)
-        or len(image_id) > 255
-    )
-    base = Path(root).resolve()
-    if not bad:
-        target = (base / image_id).resolve()
-        bad = target.parent != base
-    if bad:
-        raise HTTPException(
-            status_code=400,
-            detail=f"image id {image_id!r} is not a plain file name inside the studies folder (no '/', '..' or "
-            "leading '.')",
-        )
+    problem = image_id_problem(image_id, root)
+    if problem is not None:
+        raise HTTPException(status_code=400, detail=f"image id {image_id!r} {problem}")
     return image_id
 
 
