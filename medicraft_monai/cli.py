@@ -162,6 +162,7 @@ class MedicraftCLI:
         split: str = "training",
         progress: bool = True,
         accepted_from: str | None = None,
+        strip_source_names: bool = False,
     ) -> None:
         """Multiply a real data set with a trained class-conditioned generator bundle.
 
@@ -190,6 +191,8 @@ class MedicraftCLI:
             accepted_from: expert reviews (a MONAI Label studies folder or an export's review_report.json): also
                 write ``datalist_synthetic_accepted.json`` and ``datalist_real_synthetic_accepted.json`` that keep
                 only the synthetic images the experts accepted.
+            strip_source_names: write nothing taken from the source's names next to the synthetic images (generic
+                datalist names and descriptions, the real datalist by its sha256 only; see docs/multiply.md).
         """
         from medicraft_monai.bundles import bundle_path
         from medicraft_monai.synthesis import multiply
@@ -210,6 +213,7 @@ class MedicraftCLI:
             overrides={"sampler": sampler} if sampler else None,
             device=device,
             progress=progress,
+            strip_source_names=strip_source_names,
         )
         if accepted_from:
             _write_accepted(result, accepted_from)

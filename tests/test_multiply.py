@@ -700,3 +700,64 @@ def test_oct_ddpm_bundle_multiplies_through_monai_bundle(real_datalist: Path, tm
     )
     assert ddpm["generated"] == 2
     assert {r["sampler"] for r in read_manifest(tmp_path / "ddpm")} == {"ddpm"}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# privacy: no absolute path of the real data, and no source names with --strip_source_names
+# ----------------------------------------------------------------------------------------------------------------
+CLINIC = "StMary_Eye_Clinic_DrSmith"  # a source folder name that could identify patients
+
+
+@pytest.fixture(scope="module")
+def clinic_datalist(real_datalist: Path, tmp_path_factory) -> Path:
+    """The real datalist, named after a clinic folder and stored in it (as `medicraft datalist` names it)."""
+    data = load_datalist(real_datalist)
+    data["name"], data["description"] = CLINIC, f"OCT B-scans from {CLINIC} (folder)"
+    data["reference"] = f"{CLINIC} export 2026"  # a key the user added
+    path = tmp_path_factory.mktemp("sites") / CLINIC / "datalist.json"
+    write_datalist(path, data)
+    return path
+
+
+def _files_naming(out: Path, text: str) -> list[str]:
+    return sorted(
+        p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and text.encode() in p.read_bytes()
+    )
+
+
+def test_synthetic_datalist_records_a_relative_real_datalist_and_its_checksum(
+    clinic_datalist: Path, gen: DiffusionGenerator, tmp_path: Path
+) -> None:
+    from medicraft_monai.utils import file_sha256
+
+    out = tmp_path / "out"
+    multiply(clinic_datalist, out, generator=gen, target={"DME": 1}, device="cpu", progress=False)
+    info = json.loads((out / "datalist_synthetic.json").read_text())["synthetic"]
+    assert not Path(info["real_datalist"]).is_absolute()
+    assert (out / info["real_datalist"]).resolve() == clinic_datalist.resolve()
+    assert info["real_datalist_sha256"] == file_sha256(clinic_datalist)
+    for name in ("datalist_synthetic.json", "datalist_real_synthetic.json"):
+        assert str(clinic_datalist.parent.parent) not in (out / name).read_text()  # no absolute path of the source
+
+
+def test_strip_source_names_writes_no_source_name_next_to_the_synthetic_images(
+    clinic_datalist: Path, bundle: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    cmd = [str(Path(sys.executable).with_name("medicraft")), "multiply", str(clinic_datalist), str(out)]
+    cmd += ["--bundle_root", str(bundle), "--target", '{"DME": 2}', "--device", "cpu", "--progress", "False"]
+    proc = run_group([*cmd, "--strip_source_names"], timeout=300, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _files_naming(out, CLINIC) == []  # images, manifest, datalists, counts, job.json
+    assert _files_naming(out, str(bundle.parent)) == []  # no absolute path of the bundle either
+    synthetic = json.loads((out / "datalist_synthetic.json").read_text())
+    assert synthetic["name"] == "synthetic" and "real_datalist" not in synthetic["synthetic"]
+    assert "reference" not in synthetic and synthetic["labels"] == {str(i): c for i, c in enumerate(CLASSES)}
+    assert json.loads((out / "job.json").read_text())["bundle_root"] == bundle.name
+    combined = load_datalist(out / "datalist_real_synthetic.json")  # still a usable, leak-free datalist
+    assert combined["name"] == "real+synthetic" and len(combined["training"]) == sum(TRAIN.values()) + 2
+
+    plain = tmp_path / "plain"  # without the option the clinic's name travels (what the option is for)
+    proc = run_group([*cmd[:3], str(plain), *cmd[4:]], timeout=300, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "datalist_synthetic.json" in _files_naming(plain, CLINIC)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from os import PathLike
 from pathlib import Path
@@ -37,7 +38,7 @@ import ignite.distributed as idist
 import torch
 
 from medicraft_monai.data.datalist import check_splits, count_table, datalist_class_names, load_datalist, write_datalist
-from medicraft_monai.utils import write_text_atomic
+from medicraft_monai.utils import file_sha256, write_text_atomic
 
 from .generator import DiffusionGenerator
 from .job import MANIFEST_CSV, MANIFEST_JSONL, SynthesisJob, check_output_dir, distributed, synthetic_datalist
@@ -51,6 +52,9 @@ logger = logging.getLogger(__name__)
 DATALIST_SYNTHETIC = "datalist_synthetic.json"
 DATALIST_COMBINED = "datalist_real_synthetic.json"
 COUNTS_TXT = "counts.txt"
+_SHAREABLE_KEYS = ("labels", "num_classes", "source_kind", "modality", "tensorImageSize")
+"""The real datalist's keys kept next to the synthetic images when source names are stripped (no name, no
+description, nothing a user added)."""
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -65,6 +69,7 @@ def _finalize(
     plan: Mapping[str, int],
     target: str,
     split: str,
+    strip_source_names: bool = False,
 ) -> None:
     records = job.finalize(tasks)
     items = [job.datalist_item(t, rec) for t, rec in zip(tasks, records)]
@@ -83,17 +88,30 @@ def _finalize(
         "bit_depth": job.bit_depth,
         "seed": job.job_seed,
         "manifest": MANIFEST_JSONL,
-        "real_datalist": str(datalist_path.resolve()),
+        # a path relative to the synthetic datalist (an absolute one names the clinic's folders) and a checksum
+        "real_datalist": Path(os.path.relpath(datalist_path.resolve(), out.resolve())).as_posix(),
+        "real_datalist_sha256": file_sha256(datalist_path),
     }
     base = {k: v for k, v in real.items() if k not in ("training", "validation", "test", "excluded", "duplicates")}
     name = str(real.get("name") or datalist_path.stem)
+    description = f"{real.get('description', name)}; plus {len(items)} synthetic training images ({target})"
+    if strip_source_names:  # nothing taken from the source's names goes next to the synthetic images
+        del info["real_datalist"]
+        base = {k: v for k, v in base.items() if k in _SHAREABLE_KEYS}
+        real = {k: v for k, v in real.items() if k in _SHAREABLE_KEYS or k in ("training", "validation", "test")}
+        name = ""
+        description = f"the real datalist (sha256 {info['real_datalist_sha256']}) plus {len(items)} synthetic images"
     synthetic = synthetic_datalist(
-        items, f"{name}-synthetic", f"synthetic images only ({target}), made by medicraft_monai multiply", info, base
+        items,
+        f"{name}-synthetic" if name else "synthetic",
+        f"synthetic images only ({target}), made by medicraft_monai multiply",
+        info,
+        base,
     )
     combined = {
         **dict(real),
-        "name": f"{name}+synthetic",
-        "description": f"{real.get('description', name)}; plus {len(items)} synthetic training images ({target})",
+        "name": f"{name or 'real'}+synthetic",
+        "description": description,
         "training": [*(real.get("training") or []), *items],
         "numTraining": len(real.get("training") or []) + len(items),
         "synthetic": info,
@@ -107,8 +125,9 @@ def _finalize(
     text = (
         f"medicraft multiply: target {target}, counted on the {split!r} split\n"
         f"synthetic images added to training:\n{plan_lines}\n\n"
-        f"before (real datalist {datalist_path}):\n{before}\n\n"
-        f"after (real + synthetic, {out / DATALIST_COMBINED}):\n{after}\n"
+        f"before (real datalist {'sha256 ' + info['real_datalist_sha256'] if strip_source_names else datalist_path}):"
+        f"\n{before}\n\n"
+        f"after (real + synthetic, {DATALIST_COMBINED if strip_source_names else out / DATALIST_COMBINED}):\n{after}\n"
     )
     write_text_atomic(out / COUNTS_TXT, text)
     if job.progress:
@@ -137,6 +156,7 @@ def multiply(
     device: str | torch.device | None = None,
     progress: bool = True,
     generator: DiffusionGenerator | None = None,
+    strip_source_names: bool = False,
 ) -> dict[str, Any]:
     """Multiply a real data set with a class-conditioned generator: sample, write files, manifest and datalists.
 
@@ -170,6 +190,10 @@ def multiply(
         device: where to sample (default: CUDA when available, else CPU; under torchrun ``cuda:LOCAL_RANK``).
         progress: show a progress bar and print the count tables.
         generator: an already loaded :class:`DiffusionGenerator` (instead of ``bundle_root``).
+        strip_source_names: write nothing taken from the source's names next to the synthetic images: the
+            datalists get generic names and descriptions and no path of the real datalist (its sha256 only), and
+            ``job.json`` and ``counts.txt`` name no folder. ``datalist_real_synthetic.json`` still lists the real
+            images (it must, to be used), so it stays with the real data.
 
     Returns:
         ``{"output_dir", "planned": {class: n}, "counts_before": {class: n}, "total", "generated", "skipped",
@@ -219,10 +243,22 @@ def multiply(
             batch_size=min(int(batch_size), max(1, len(tasks))),
             progress=progress,
         )
-        job.check_job({"class_names": generator.class_names})
+        job_extra: dict[str, Any] = {"class_names": generator.class_names}
+        if strip_source_names:  # the bundle's folder name, not its absolute path
+            job_extra["bundle_root"] = Path(generator.bundle_root).resolve().name
+        job.check_job(job_extra)
         stats = job.run(tasks)
         if idist.get_rank() == 0:
-            _finalize(job, tasks, real, datalist_path, plan=plan, target=tgt.describe(), split=split)
+            _finalize(
+                job,
+                tasks,
+                real,
+                datalist_path,
+                plan=plan,
+                target=tgt.describe(),
+                split=split,
+                strip_source_names=bool(strip_source_names),
+            )
         idist.barrier()
     return {
         "output_dir": str(out),
