@@ -116,7 +116,8 @@ class MedicraftCLI:
 
         Args:
             source: a folder with one sub-folder per class, a CSV file, or a folder of DICOM files.
-            output: where to write the datalist JSON.
+            output: where to write the datalist JSON (a .json file, or a folder for its datalist.json); never one
+                of the inputs or a file inside a class folder of the source.
             classes: class names in label order, comma-separated (default: sorted names found).
             fractions: training, validation, test fractions of patients.
             seed: split seed.

@@ -537,11 +537,15 @@ def test_bundle_config_runs_through_monai_bundle(real_datalist: Path, bundle: Pa
         "3",
         "--progress",
         "False",
+        "--strip_source_names",
+        "True",
     ]
     proc = subprocess.run(cmd, env=ENV, cwd=bundle, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     files = visible_files(out)
     assert Counter(p.parent.name for p in files) == {"DME": 2, "DRUSEN": 3, "NORMAL": 4}
+    assert json.loads((out / "datalist_synthetic.json").read_text())["name"] == "synthetic"  # the config key
+    assert json.loads((out / "job.json").read_text())["bundle_root"] == bundle.name
     assert all(p.suffix == ".dcm" for p in files)
     ds = pydicom.dcmread(files[0])
     assert ds.SeriesDescription.startswith("SYNTHETIC") and "DERIVED" in list(ds.ImageType)
