@@ -77,7 +77,8 @@ class MedicraftCLI:
             width: B-scan width in pixels.
             planes: radial planes per exam.
             fractions: training, validation, test fractions of patients.
-            overwrite: replace a phantom data set already in output_dir.
+            overwrite: replace a phantom data set of other settings already in output_dir (deletes only the files
+                the phantom wrote, as listed in output_dir/phantom_files.json). A rerun with the same settings resumes.
         """
         from medicraft_monai.data.phantom import make_phantom_dataset
 
@@ -372,8 +373,20 @@ class MedicraftCLI:
         settings.train = bool(train)
         run_demo(output_dir, data=data, exams=settings.exams, seed=seed, settings=settings)
 
-    def info(self) -> None:
-        """Print the versions of medicraft_monai and of the libraries it runs on."""
+    def info(self, file: str | None = None) -> None:
+        """Print what the reader sees in an image file, or (without a file) the versions of medicraft_monai and of
+        the libraries it runs on.
+
+        Args:
+            file: an image file (PNG, JPEG, TIFF, NIfTI or DICOM): its size, bit depth, frames, laterality, plane
+                angles, pixel spacing and, for DICOM, the SOP class.
+        """
+        if file is not None:
+            from medicraft_monai.data.io import describe_image
+
+            for key, value in describe_image(file).items():
+                print(f"{key}: {value}")
+            return
         import monai
         import torch
 
@@ -451,7 +464,7 @@ def _document_defaults(args: Sequence[str]) -> None:
     """Write the values that other modules define (the sampler registry, a bundle's defaults) into the option texts
     of the command about to run, so its ``--help`` names them as they are. Only for that command: importing the
     sampler registry takes seconds, which ``medicraft --help`` should not spend."""
-    command = next((a for a in args if not a.startswith("-")), None)
+    command = _command_of(args)
     fills = {
         "multiply": (MedicraftCLI.multiply, _SAMPLER_TEXT, _samplers),
         "demo": (MedicraftCLI.demo, _STEPS_TEXT, _bundle_sampling),
@@ -462,23 +475,77 @@ def _document_defaults(args: Sequence[str]) -> None:
             method.__doc__ = method.__doc__.replace(text, values())
 
 
+#: library parameters whose command-line option has another name, per command (the rest keep their names)
+_OPTION_ALIASES = {
+    "phantom": {"n_exams": "exams", "n_planes": "planes", "defects": "defect"},
+    "multiply": {"overrides": "sampler"},
+}
+
+
+def _command_of(args: Sequence[str]) -> str | None:
+    return next((a for a in args if not a.startswith("-")), None)
+
+
+def _with_option_names(message: str, command: str | None) -> str:
+    """Name the command-line options (``--exams``) where a library message names its Python parameters
+    (``n_exams``): every parameter of the command with a default, and its aliases, where it is the subject of a
+    "must" clause or, when it holds an underscore, anywhere as a word of its own (never inside a path)."""
+    import inspect
+    import re
+
+    method = getattr(MedicraftCLI, command or "", None)
+    if not callable(method):
+        return message
+    options = {
+        name: name
+        for name, param in inspect.signature(method).parameters.items()
+        if name != "self" and param.default is not inspect.Parameter.empty
+    }
+    options.update(_OPTION_ALIASES.get(command or "", {}))
+    word = r"(?<![\w/.\-]){}(?![\w/.\-])"
+
+    def subject(match: re.Match) -> str:
+        text = match.group(2)
+        for name, option in options.items():
+            text = re.sub(word.format(re.escape(name)), f"--{option}", text)
+        return match.group(1) + text + match.group(3)
+
+    message = re.sub(r"(^|[;:(]\s*)([\w ,]+?)(\s+must\b)", subject, message)
+    for name, option in options.items():
+        if "_" in name:
+            message = re.sub(word.format(re.escape(name)), f"--{option}", message)
+    return message
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``medicraft`` console script.
 
     Problems with the user's data (:class:`~medicraft_monai.data.errors.OCTDataError`) and bad arguments end the
     command with a one-paragraph message naming the file and the reason, and exit status 2, instead of a
-    traceback. Set ``MEDICRAFT_DEBUG=1`` to see the traceback.
+    traceback; the message names the command-line options (``--exams``), not the library's parameters
+    (``n_exams``). Ctrl-C ends it with one line and exit status 130 (the commands write atomically, so a rerun
+    resumes). Set ``MEDICRAFT_DEBUG=1`` to see the traceback.
     """
     from medicraft_monai.data.errors import OCTDataError
 
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        _document_defaults(sys.argv[1:] if argv is None else list(argv))
+        _document_defaults(args)
         fire.Fire(MedicraftCLI(), command=None if argv is None else list(argv), name="medicraft")
     except (OCTDataError, FileNotFoundError, ValueError) as err:
         if os.environ.get("MEDICRAFT_DEBUG"):
             raise
-        print(f"medicraft: error: {err}", file=sys.stderr)
+        print(f"medicraft: error: {_with_option_names(str(err), _command_of(args))}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        if os.environ.get("MEDICRAFT_DEBUG"):
+            raise
+        print(
+            f"medicraft: interrupted; no partial file was left, run the same command again to resume "
+            f"(medicraft {_command_of(args) or ''})",
+            file=sys.stderr,
+        )
+        sys.exit(130)
 
 
 if __name__ == "__main__":

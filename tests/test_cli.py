@@ -173,3 +173,123 @@ def test_label_app_dir_and_the_accepted_only_datalists_of_multiply(tmp_path: Pat
     both = load_datalist(tmp_path / "datalist_real_synthetic_accepted.json", check=False)
     assert sum(bool(it.get("synthetic")) for it in both["training"]) == 1
     assert sum(not it.get("synthetic") for it in both["training"]) == len(real["training"])  # real images all stay
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` with its bytes."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _error_line(proc: subprocess.CompletedProcess) -> str:
+    """The one-line message of a refused command (after any progress output), with no traceback."""
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    return proc.stderr.strip().splitlines()[-1]
+
+
+def test_phantom_overwrite_with_a_bad_argument_changes_nothing_and_names_the_option(tmp_path: Path) -> None:
+    out = tmp_path / "ph"
+    run_cli("phantom", str(out), "--exams", "2", "--height", "32", "--width", "64")
+    before = _snapshot(out)
+    cases = [
+        (["--exams", "0"], "medicraft: error: --exams must be >= 1, got 0"),
+        (["--fmt", "tiff"], "medicraft: error: --fmt must be 'png' or 'dicom', got 'tiff'"),
+        (["--planes", "0"], "medicraft: error: --planes must be >= 1, got 0"),
+        (["--fractions", "0.5,0.1,0.1"], "medicraft: error: --fractions must be three non-negative numbers"),
+        (["--defect", "no_such_defect"], "medicraft: error: unknown defect 'no_such_defect'"),
+    ]
+    for args, message in cases:
+        proc = run_cli("phantom", str(out), *args, "--overwrite", check=False)
+        assert _error_line(proc).startswith(message), proc.stderr
+        assert "n_exams" not in proc.stderr and "n_planes" not in proc.stderr
+        assert _snapshot(out) == before, args  # the data set and its datalist are untouched
+
+
+def test_phantom_never_deletes_files_it_did_not_write(tmp_path: Path) -> None:
+    out = tmp_path / "ph"
+    run_cli("phantom", str(out), "--exams", "2", "--height", "32", "--width", "64")
+    mine = out / "images" / "healthy" / "mine.png"
+    mine.write_bytes(b"the user's own scan")
+    (out / "ground_truth" / "notes.txt").write_text("user notes")
+    before = _snapshot(out)
+    proc = run_cli("phantom", str(out), "--exams", "3", "--height", "32", "--width", "64", "--overwrite", check=False)
+    line = _error_line(proc)
+    assert f"{out / 'images'} holds 1 file(s) the phantom did not write: healthy/mine.png" in line
+    assert f"{out / 'ground_truth'} holds 1 file(s) the phantom did not write: notes.txt" in line
+    assert _snapshot(out) == before
+
+    # a folder of the user's images without a phantom record is refused, with or without --overwrite
+    user = tmp_path / "user"
+    (user / "images" / "NORMAL").mkdir(parents=True)
+    (user / "images" / "NORMAL" / "scan.png").write_bytes(b"user scan")
+    proc = run_cli("phantom", str(user), "--exams", "2", "--overwrite", check=False)
+    line = _error_line(proc)
+    assert "holds 1 file(s) the phantom did not write: NORMAL/scan.png" in line and "no phantom record" in line
+    assert _snapshot(user) == {"images/NORMAL/scan.png": b"user scan"}
+
+    # once the user's files are moved away, --overwrite replaces exactly the phantom's files
+    mine.unlink()
+    (out / "ground_truth" / "notes.txt").unlink()
+    run_cli("phantom", str(out), "--exams", "3", "--height", "32", "--width", "64", "--overwrite")
+    assert len(list((out / "images").rglob("*.png"))) == 36
+    assert len(list((out / "ground_truth").glob("*.npz"))) == 3
+
+
+def test_phantom_interrupted_exits_130_without_partial_files_and_a_rerun_resumes(tmp_path: Path) -> None:
+    import hashlib
+    import signal
+    import time
+
+    out = tmp_path / "ph"
+    args = [str(MEDICRAFT), "phantom", str(out), "--exams", "30", "--height", "64", "--width", "128", "--seed", "1"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    record = out / "phantom_files.json"
+    deadline = time.time() + 120
+    while not record.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("medicraft: interrupted; no partial file was left")
+    assert not (out / "datalist.json").exists()  # no datalist of a set that is not complete
+    files = json.loads(record.read_text())["files"]
+    on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} - {"phantom_files.json"}
+    assert on_disk == set(files)  # no file left under a final (or temporary) name that the record does not vouch for
+    for rel, digest in files.items():
+        assert hashlib.sha256((out / rel).read_bytes()).hexdigest() == digest
+    kept = _snapshot(out / "images")
+
+    again = run_cli(*args[1:])
+    assert "exams were already complete" in again.stdout
+    assert len(list((out / "images").rglob("*.png"))) == 360
+    after = _snapshot(out / "images")
+    assert all(after[rel] == data for rel, data in kept.items())  # the finished exams were kept, not redone
+    # the resumed set is the set an uninterrupted run writes
+    fresh = tmp_path / "fresh"
+    run_cli("phantom", str(fresh), *args[4:])
+    assert _snapshot(fresh / "images") == after
+
+
+def test_info_shows_what_the_reader_sees(oct2017_dir: Path, tmp_path: Path) -> None:
+    from medicraft_monai.data.phantom import make_phantom_dataset
+
+    make_phantom_dataset(tmp_path / "dcm", exams=1, fmt="dicom", height=32, width=64, progress=False)
+    dcm = next((tmp_path / "dcm" / "images").rglob("*.dcm"))
+    out = run_cli("info", str(dcm)).stdout
+    assert f"file: {dcm}" in out and "format: dicom" in out
+    assert "frames: 12" in out and "size: 32 x 64 (rows x columns)" in out and "bit depth: 8 (uint8)" in out
+    assert f"laterality: {dcm.stem[-1]}" in out
+    assert "plane angles: 0, 30, 60, 90, 120, 150, 180, 210, 240, 270, 300, 330" in out
+    assert "SOP class: 1.2.840.10008.5.1.4.1.1.77.1.5.4 (Ophthalmic Tomography Image Storage)" in out
+
+    jpeg = oct2017_dir / "NORMAL" / "NORMAL-1001666-1.jpeg"
+    out = run_cli("info", str(jpeg)).stdout
+    assert "format: jpeg" in out and "frames: 1" in out and "bit depth: 8 (uint8)" in out
+    assert f"file size: {jpeg.stat().st_size} bytes" in out and "laterality: unknown" in out
+
+    bad = tmp_path / "cut.jpeg"
+    bad.write_bytes(jpeg.read_bytes()[:300])
+    line = _error_line(run_cli("info", str(bad), check=False))
+    assert line.startswith(f"medicraft: error: {bad}: ")
+    assert bad.read_bytes() == jpeg.read_bytes()[:300]

@@ -399,3 +399,23 @@ def test_write_dicom_dataset_reads_back(tmp_path: Path) -> None:
         assert meta["laterality"] == rec["laterality"] and meta["patient_id"] == rec["patient_id"]
         np.testing.assert_allclose(meta["pixel_spacing"], cfg.pixel_spacing_mm, rtol=1e-4)
         assert rec["class_name"] in ("control", "tumour")
+
+
+def test_a_set_that_does_not_fit_on_the_disk_is_refused_up_front(tmp_path: Path, monkeypatch, capsys) -> None:
+    import shutil
+
+    from medicraft_monai.cli import main
+
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=10_000_000))  # 10 MB free
+    out = tmp_path / "big"
+    with pytest.raises(SystemExit) as exit_:
+        main(["phantom", str(out), "--exams", "100", "--height", "256", "--width", "512"])
+    assert exit_.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"medicraft: error: {out}: the phantom needs about 324 MB (1200 images of 256 x 512")
+    assert "only 10 MB are free" in line and "--exams" in line
+    assert not out.exists()  # nothing created
+    # a request that fits goes ahead
+    write_phantom_dataset(out, n_exams=1, config=TINY, progress=False)
+    assert len(list((out / "images").rglob("*.png"))) == 4

@@ -33,7 +33,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 from PIL import Image, ImageFile, PngImagePlugin
 
-from .dicom import PROVENANCE_KEY, collate_safe_meta, has_dicm_preamble, read_oct_dicom
+from .dicom import OPT_SOP_CLASS_UID, PROVENANCE_KEY, collate_safe_meta, has_dicm_preamble, read_oct_dicom
 from .errors import CorruptImageError, DimensionalityError, OCTDataError, UnsupportedFormatError
 from .keys import OCTMetaKeys
 
@@ -44,6 +44,7 @@ __all__ = [
     "LoadOCTImageD",
     "LoadOCTImageDict",
     "LoadOCTImaged",
+    "describe_image",
     "image_format",
     "probe_image",
     "read_bscan",
@@ -356,6 +357,35 @@ def probe_image(path: str | PathLike) -> dict[str, Any]:
         "dtype": str(frames.dtype),
         "bit_depth": _bit_depth(frames.dtype),
     }
+
+
+def describe_image(path: str | PathLike) -> dict[str, Any]:
+    """What the reader sees in a file (``medicraft info FILE``): format, file size, frames, frame size, bit depth,
+    laterality, plane angles, pixel spacing, whether it is marked synthetic and, for DICOM, the SOP class.
+
+    Raises the reader's errors (:func:`probe_image`), each naming the file and the problem.
+    """
+    frames, metas = read_frames(path)
+    first = metas[0]
+    angles = [m[OCTMetaKeys.PLANE_ANGLE] for m in metas]
+    spacing = first[OCTMetaKeys.PIXEL_SPACING]
+    out: dict[str, Any] = {
+        "file": str(path),
+        "format": first["format"],
+        "file size": f"{Path(path).stat().st_size} bytes",
+        "frames": int(frames.shape[0]),
+        "size": f"{frames.shape[1]} x {frames.shape[2]} (rows x columns)",
+        "bit depth": f"{first[OCTMetaKeys.BIT_DEPTH]} ({frames.dtype})" if first[OCTMetaKeys.BIT_DEPTH] else "float32",
+        "laterality": first[OCTMetaKeys.LATERALITY] or "unknown",
+        "plane angles": ", ".join("?" if a is None else f"{a:g}" for a in angles)
+        if any(a is not None for a in angles)
+        else "unknown",
+        "pixel spacing": "unknown" if spacing is None else " x ".join(f"{v:g}" for v in spacing) + " mm",
+        "synthetic": bool(first[OCTMetaKeys.SYNTHETIC]),
+    }
+    if first["format"] == "dicom":
+        out["SOP class"] = f"{OPT_SOP_CLASS_UID} (Ophthalmic Tomography Image Storage)"
+    return out
 
 
 def read_bscan(path: str | PathLike, frame: int = 0) -> tuple[np.ndarray, dict[str, Any]]:

@@ -122,7 +122,9 @@ def build_phantom_segmentation_datalist(
     if path.is_file() and not overwrite:
         return path
     config = PhantomConfig(height=int(height), width=int(width), n_planes=int(n_planes))
-    items = write_phantom_dataset(out, n_exams=n_exams, classes=classes, seed=seed, config=config, progress=progress)
+    items = write_phantom_dataset(
+        out, n_exams=n_exams, classes=classes, seed=seed, config=config, progress=progress, overwrite=overwrite
+    )
     names = segmentation_class_names(boundaries, lesions)
     truths: dict[str, Any] = {}
     seg_items = []

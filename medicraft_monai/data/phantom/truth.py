@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from medicraft_monai.data.phantom.config import LAYER_BOUNDARIES
-from medicraft_monai.utils import to_jsonable
+from medicraft_monai.utils import atomic_write, to_jsonable, write_text_atomic
 
 __all__ = ["BScanTruth", "PhantomExam", "load_phantom_truth"]
 
@@ -191,8 +191,8 @@ class PhantomExam:
         stem.parent.mkdir(parents=True, exist_ok=True)
         npz = stem.with_name(stem.name + ".npz")
         js = stem.with_name(stem.name + ".json")
-        np.savez_compressed(npz, **self.truth_arrays())
-        js.write_text(json.dumps(self.summary(), indent=1))
+        atomic_write(npz, lambda tmp: np.savez_compressed(tmp, **self.truth_arrays()))
+        write_text_atomic(js, json.dumps(self.summary(), indent=1))
         return npz, js
 
 

@@ -5,19 +5,20 @@ demo write it).
 
 from __future__ import annotations
 
-import csv
 import json
+import re
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime
+from functools import partial
 from os import PathLike
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from medicraft_monai.data.datalist import build_datalist, count_table
+from medicraft_monai.data.datalist import _check_fractions, build_datalist, count_table
 from medicraft_monai.data.errors import OCTDataError
 from medicraft_monai.data.keys import OCTKeys
 from medicraft_monai.data.phantom.config import (
@@ -28,9 +29,19 @@ from medicraft_monai.data.phantom.config import (
     _rng,
 )
 from medicraft_monai.data.phantom.renderer import OCTPhantom
-from medicraft_monai.utils import to_jsonable
+from medicraft_monai.utils import atomic_write, file_sha256, to_jsonable, write_csv_atomic, write_json_atomic
 
-__all__ = ["make_phantom_dataset", "write_phantom_dataset"]
+__all__ = ["PHANTOM_RECORD", "make_phantom_dataset", "write_phantom_dataset"]
+
+#: the phantom's record of a data set (beside ``images/``): the settings it was asked for, whether it finished, and
+#: every file it wrote with its SHA-256. A rerun resumes from it; ``overwrite`` deletes only the files it lists.
+PHANTOM_RECORD = "phantom_files.json"
+_FOLDERS = ("images", "ground_truth")
+_MANIFEST_FIELDS = ["image", "label", "patient_id", "exam_id", "plane_angle", "laterality", "frame"]
+#: what one B-scan takes on disk, as an upper bound: the image (raw 8-bit pixels; PNG compresses speckle little) plus
+#: its ground truth (~0.6 byte per pixel at 64 x 128, less for larger planes), plus a few kB per file
+_BYTES_PER_PIXEL = 2.0
+_BYTES_PER_IMAGE = 8192
 
 
 def _largest_remainder(n: int, weights: Sequence[float]) -> list[int]:
@@ -108,55 +119,45 @@ def _angle_tag(angle: float, integral: bool) -> str:
     return f"{int(round(angle)):03d}" if integral else f"{angle:06.2f}".replace(".", "p")
 
 
-def write_phantom_dataset(
-    out_dir: str | PathLike,
-    n_exams: int = 12,
-    classes: Sequence[str] | Mapping[str, str] | None = None,
-    prevalence: Mapping[str, float] | None = None,
-    fmt: str = "png",
-    seed: int = 0,
-    config: PhantomConfig | None = None,
-    defects: str | Mapping[str, float] | Sequence[str] | None = None,
-    progress: bool = True,
-) -> list[dict[str, Any]]:
-    """Write a phantom data set: images, a manifest, the ground truth per exam and a summary.
+@dataclass
+class _PhantomPlan:
+    """A checked request: what every exam is (class, patient, eye, defect), before anything is written."""
 
-    Layout under ``out_dir``::
+    settings: dict[str, Any]
+    config: PhantomConfig
+    class_map: dict[str, str]
+    names: list[str]
+    counts: list[int]
+    exam_classes: list[str]
+    defects: list[str | None]
+    exams: list[tuple[str, str, str]]  # (patient_id, exam tag, laterality)
+    fmt: str
+    seed: int
 
-        images/<class>/<patient>_<exam>_<eye>_<angle>.png   8-bit PNG per B-scan (fmt="png"), or
-        images/<class>/<patient>_<exam>_<eye>.dcm           one multi-frame Ophthalmic Tomography file (fmt="dicom")
-        images/manifest.csv                                 image, label, patient_id, exam_id, laterality, ...
-        ground_truth/<exam_id>.npz, .json                   :meth:`PhantomExam.save_truth`
-        phantom_summary.json                                classes, counts, seed, settings
+    @property
+    def n_images(self) -> int:
+        return len(self.exams) * self.config.n_planes
 
-    ``images/`` is a class-folder tree with a manifest, so ``build_datalist(out_dir / "images")`` reads it like any
-    user data set. Each patient has one or two exams (two: both eyes), so patient-level splits are meaningful.
+    def estimated_bytes(self) -> int:
+        """An upper bound of what the data set takes on disk (images and ground truth)."""
+        pixels = self.config.height * self.config.width
+        return int(self.n_images * (pixels * _BYTES_PER_PIXEL + _BYTES_PER_IMAGE))
 
-    Args:
-        out_dir: output folder (created).
-        n_exams: number of exams.
-        classes: class names (known names or lesion kinds) or a mapping name -> lesion kind; default
-            ``config.classes``.
-        prevalence: class name -> weight (default ``config.prevalence``, else equal); exam counts per class follow
-            the weights exactly (largest-remainder rounding).
-        fmt: "png" or "dicom".
-        seed: data-set seed (each exam's seed is derived from it and recorded).
-        config: phantom settings.
-        defects: ``None``; a defect name (every exam); a mapping defect -> fraction of the exams; or a list of
-            names (equal fractions adding to one).
-        progress: show a tqdm progress bar.
 
-    Returns:
-        one datalist item per B-scan with the :class:`~medicraft_monai.data.keys.OCTKeys` keys (the image path
-        relative to ``out_dir``; ``frame`` is the frame in a DICOM file, 0 for PNG), ``synthetic=False``,
-        ``phantom=True``, ``defect`` and ``truth`` (the ground-truth ``.npz`` relative to ``out_dir``).
-    """
-    from tqdm.auto import tqdm
-
+def _plan_phantom(
+    n_exams: int,
+    classes: Sequence[str] | Mapping[str, str] | None,
+    prevalence: Mapping[str, float] | None,
+    fmt: str,
+    seed: int,
+    config: PhantomConfig | None,
+    defects: str | Mapping[str, float] | Sequence[str] | None,
+) -> _PhantomPlan:
+    """Check every argument and draw the exams' classes, patients and defects; writes nothing."""
     fmt = str(fmt).lower()
     if fmt not in ("png", "dicom"):
         raise ValueError(f"fmt must be 'png' or 'dicom', got {fmt!r}")
-    if int(n_exams) < 1:
+    if isinstance(n_exams, bool) or int(n_exams) < 1:
         raise ValueError(f"n_exams must be >= 1, got {n_exams}")
     n_exams = int(n_exams)
     config = config or PhantomConfig()
@@ -180,7 +181,7 @@ def write_phantom_dataset(
     plan = _defect_plan(defects, n_exams, rng)
 
     # patients: one or two exams (two: both eyes of the same visit)
-    exams: list[tuple[str, str, str]] = []  # (patient_id, exam tag, laterality)
+    exams: list[tuple[str, str, str]] = []
     p = 0
     while len(exams) < n_exams:
         p += 1
@@ -189,11 +190,187 @@ def write_phantom_dataset(
             exams += [(pid, "E1", "R"), (pid, "E2", "L")]
         else:
             exams.append((pid, "E1", "R" if rng.random() < 0.5 else "L"))
+    settings = {
+        "n_exams": n_exams,
+        "fmt": fmt,
+        "seed": int(seed),
+        "defects": plan,
+        "exams_per_class": dict(zip(names, counts)),
+        "config": to_jsonable(asdict(config), ndigits=6, where="config"),
+    }
+    return _PhantomPlan(settings, config, class_map, names, counts, exam_classes, plan, exams, fmt, int(seed))
 
+
+def _as_stored(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists), to compare with a stored record."""
+    return json.loads(json.dumps(value))
+
+
+def _read_record(out: Path) -> dict[str, Any] | None:
+    path = out / PHANTOM_RECORD
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise OCTDataError(path, f"phantom record cannot be read ({e}); choose an empty folder") from None
+    if not isinstance(record, dict) or not isinstance(record.get("files"), dict):
+        raise OCTDataError(path, "is not a phantom record (no 'files'); choose an empty folder")
+    return record
+
+
+_TMP = re.compile(r"^\..+\.tmp\d+")  # utils.files.default_tmp_path: a write cut short by a killed run
+
+
+def _files_under(out: Path) -> list[str]:
+    """Every file under ``images/`` and ``ground_truth/``, relative to ``out`` (POSIX)."""
+    found = []
+    for name in _FOLDERS:
+        root = out / name
+        if root.is_dir():
+            found += [f.relative_to(out).as_posix() for f in sorted(root.rglob("*")) if not f.is_dir()]
+    return found
+
+
+def _foreign_files_message(out: Path, foreign: list[str], why: str) -> str:
+    by_folder: dict[str, list[str]] = {}
+    for rel in foreign:
+        top, _, rest = rel.partition("/")
+        by_folder.setdefault(top, []).append(rest)
+    parts = []
+    for top, rels in by_folder.items():
+        shown = ", ".join(rels[:5]) + (f", ... ({len(rels) - 5} more)" if len(rels) > 5 else "")
+        parts.append(f"{out / top} holds {len(rels)} file(s) the phantom did not write: {shown}")
+    return "; ".join(parts) + f" ({why}); move them away or choose an empty folder (nothing was changed)"
+
+
+def _prepare_folder(out: Path, settings: Mapping[str, Any], overwrite: bool) -> dict[str, Any]:
+    """The record to continue from: a fresh one, the same request's (resume), or a fresh one after deleting the
+    files a phantom of other settings wrote (``overwrite``). Refuses, changing nothing, a folder with files the
+    phantom did not write."""
+    record = _read_record(out)
+    present = _files_under(out)
+    if record is None:
+        if present:
+            raise OCTDataError(
+                None, _foreign_files_message(out, present, f"there is no phantom record {PHANTOM_RECORD}")
+            )
+        return {"settings": dict(settings), "complete": False, "files": {}}
+    written = record["files"]
+    foreign = [rel for rel in present if rel not in written and not _TMP.match(Path(rel).name)]
+    if foreign:
+        raise OCTDataError(None, _foreign_files_message(out, foreign, f"they are not in {out / PHANTOM_RECORD}"))
+    if record.get("settings") == _as_stored(settings):
+        return record  # the same request: resume
+    old = record.get("settings") or {}
+    changed = sorted(k for k in set(old) | set(settings) if old.get(k) != _as_stored(settings).get(k))
+    what = "a phantom data set" if record.get("complete") else "an incomplete phantom data set"
+    if not overwrite:
+        raise OCTDataError(
+            out,
+            f"already holds {what} made with other settings (differs in {changed}); choose an empty folder, rerun "
+            "with the same settings to finish it, or pass --overwrite (which deletes only the files the phantom wrote)",
+        )
+    for rel in [*written, *(r for r in present if _TMP.match(Path(r).name))]:  # never a file it did not write
+        (out / rel).unlink(missing_ok=True)
+    for name in _FOLDERS:  # the folders the phantom made, now empty, deepest first
+        root = out / name
+        if root.is_dir():
+            for d in sorted((d for d in root.rglob("*") if d.is_dir()), key=lambda d: len(d.parts), reverse=True):
+                if not any(d.iterdir()):
+                    d.rmdir()
+    (out / PHANTOM_RECORD).unlink(missing_ok=True)
+    return {"settings": dict(settings), "complete": False, "files": {}}
+
+
+def _check_disk(out: Path, plan: _PhantomPlan) -> None:
+    """Refuse, up front and with the estimate, a data set that does not fit on the disk."""
+    folder = out
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    need = plan.estimated_bytes()
+    free = shutil.disk_usage(folder).free
+    if need > free:
+        h, w = plan.config.height, plan.config.width
+        raise OCTDataError(
+            out,
+            f"the phantom needs about {need / 1e6:,.0f} MB ({plan.n_images} images of {h} x {w} with their ground "
+            f"truth) but only {free / 1e6:,.0f} MB are free on that disk; ask for fewer n_exams or n_planes or a "
+            "smaller image, or choose another folder",
+        )
+
+
+def _exam_complete(out: Path, files: Mapping[str, str], rels: Sequence[str]) -> bool:
+    """Every file of an exam was recorded and still has the recorded bytes."""
+    return all(rel in files and (out / rel).is_file() and file_sha256(out / rel) == files[rel] for rel in rels)
+
+
+def write_phantom_dataset(
+    out_dir: str | PathLike,
+    n_exams: int = 12,
+    classes: Sequence[str] | Mapping[str, str] | None = None,
+    prevalence: Mapping[str, float] | None = None,
+    fmt: str = "png",
+    seed: int = 0,
+    config: PhantomConfig | None = None,
+    defects: str | Mapping[str, float] | Sequence[str] | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> list[dict[str, Any]]:
+    """Write a phantom data set: images, a manifest, the ground truth per exam and a summary.
+
+    Layout under ``out_dir``::
+
+        images/<class>/<patient>_<exam>_<eye>_<angle>.png   8-bit PNG per B-scan (fmt="png"), or
+        images/<class>/<patient>_<exam>_<eye>.dcm           one multi-frame Ophthalmic Tomography file (fmt="dicom")
+        images/manifest.csv                                 image, label, patient_id, exam_id, laterality, ...
+        ground_truth/<exam_id>.npz, .json                   :meth:`PhantomExam.save_truth`
+        phantom_summary.json                                classes, counts, seed, settings
+
+    ``images/`` is a class-folder tree with a manifest, so ``build_datalist(out_dir / "images")`` reads it like any
+    user data set. Each patient has one or two exams (two: both eyes), so patient-level splits are meaningful.
+
+    Args:
+        out_dir: output folder (created once the arguments are checked).
+        n_exams: number of exams.
+        classes: class names (known names or lesion kinds) or a mapping name -> lesion kind; default
+            ``config.classes``.
+        prevalence: class name -> weight (default ``config.prevalence``, else equal); exam counts per class follow
+            the weights exactly (largest-remainder rounding).
+        fmt: "png" or "dicom".
+        seed: data-set seed (each exam's seed is derived from it and recorded).
+        config: phantom settings.
+        defects: ``None``; a defect name (every exam); a mapping defect -> fraction of the exams; or a list of
+            names (equal fractions adding to one).
+        progress: show a tqdm progress bar.
+        overwrite: replace a phantom data set of other settings already in ``out_dir`` (only the files its record
+            lists are deleted).
+
+    Every argument is checked before anything is written, and a request that does not fit on the disk is refused
+    with the estimate. Each file is written atomically and listed, with its SHA-256, in ``out_dir/phantom_files.json``
+    after each exam, so an interrupted run leaves no partial file and a rerun with the same settings resumes: it keeps
+    the exams whose files match the record and writes the rest. A folder whose ``images/`` or ``ground_truth/``
+    holds files the phantom did not write (or files without a record) is refused, and nothing in it is touched.
+
+    Returns:
+        one datalist item per B-scan with the :class:`~medicraft_monai.data.keys.OCTKeys` keys (the image path
+        relative to ``out_dir``; ``frame`` is the frame in a DICOM file, 0 for PNG), ``synthetic=False``,
+        ``phantom=True``, ``defect`` and ``truth`` (the ground-truth ``.npz`` relative to ``out_dir``).
+    """
+    from tqdm.auto import tqdm
+
+    plan = _plan_phantom(n_exams, classes, prevalence, fmt, seed, config, defects)
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise OCTDataError(out, "output_dir exists and is not a folder")
+    record = _prepare_folder(out, plan.settings, overwrite)
+    _check_disk(out, plan)
+    config, names, fmt, seed = plan.config, plan.names, plan.fmt, plan.seed
     img_root, gt_root = out / "images", out / "ground_truth"
     img_root.mkdir(parents=True, exist_ok=True)
     gt_root.mkdir(parents=True, exist_ok=True)
+    files: dict[str, str] = record["files"]
+    record["complete"] = False
     phantom = OCTPhantom(config)
     angles = config.plane_angles()
     integral = bool(np.allclose(angles, np.round(angles)))
@@ -201,120 +378,106 @@ def write_phantom_dataset(
     items: list[dict[str, Any]] = []
     manifest: list[dict[str, Any]] = []
     exam_records = []
-    for i in tqdm(range(n_exams), desc="phantom exams", disable=not progress):
-        pid, tag, lat = exams[i]
-        cls = exam_classes[i]
+    resumed = 0
+    for i in tqdm(range(len(plan.exams)), desc="phantom exams", disable=not progress):
+        pid, tag, lat = plan.exams[i]
+        cls = plan.exam_classes[i]
         exam_seed = int(np.random.SeedSequence([int(seed) % (1 << 63), i]).generate_state(1, np.uint64)[0] >> 1)
         exam_id = f"{pid}_{tag}"
-        exam = phantom.generate_exam(exam_seed, cls, lat, defect=plan[i], patient_id=pid, exam_id=exam_id)
-        frames = exam.to_uint8()
-        truth_npz, _ = exam.save_truth(gt_root / exam_id)
-        truth_rel = truth_npz.relative_to(out).as_posix()
-        label = names.index(cls)
+        truth_rel = f"ground_truth/{exam_id}.npz"
         base = {
-            OCTKeys.LABEL: label,
+            OCTKeys.LABEL: names.index(cls),
             OCTKeys.CLASS_NAME: cls,
             OCTKeys.PATIENT_ID: pid,
             OCTKeys.EXAM_ID: exam_id,
             OCTKeys.LATERALITY: lat,
             OCTKeys.SYNTHETIC: False,
             "phantom": True,
-            "defect": plan[i],
+            "defect": plan.defects[i],
             "truth": truth_rel,
         }
-        cls_dir = img_root / cls
-        cls_dir.mkdir(parents=True, exist_ok=True)
+        row = {"label": cls, "patient_id": pid, "exam_id": exam_id, "laterality": lat}
         if fmt == "png":
-            from PIL import Image
-
-            for k, angle in enumerate(angles):
-                path = cls_dir / f"{pid}_{tag}_{lat}_{_angle_tag(float(angle), integral)}.png"
-                Image.fromarray(frames[k]).save(path)
-                rel = path.relative_to(img_root).as_posix()
+            images = [f"{cls}/{pid}_{tag}_{lat}_{_angle_tag(float(a), integral)}.png" for a in angles]
+            for rel, angle in zip(images, angles):
                 items.append(
                     {OCTKeys.IMAGE: f"images/{rel}", **base, OCTKeys.PLANE_ANGLE: float(angle), OCTKeys.FRAME: 0}
                 )
-                manifest.append(
-                    {
-                        "image": rel,
-                        "label": cls,
-                        "patient_id": pid,
-                        "exam_id": exam_id,
-                        "plane_angle": float(angle),
-                        "laterality": lat,
-                        "frame": 0,
-                    }
-                )
+                manifest.append({"image": rel, **row, "plane_angle": float(angle), "frame": 0})
         else:
-            from pydicom.uid import generate_uid
-
-            from medicraft_monai.data.dicom import write_oct_dicom
-
-            path = cls_dir / f"{pid}_{tag}_{lat}.dcm"
-            ent = ["medicraft-phantom", str(seed), str(exam_seed), exam_id]
-            write_oct_dicom(
-                path,
-                frames,
-                plane_angles=[float(a) for a in angles],
-                laterality=lat,
-                pixel_spacing=(row_mm, col_mm),
-                patient_id=pid,
-                patient_name=f"PHANTOM^{pid}",
-                study_instance_uid=generate_uid(entropy_srcs=[*ent, "study"]),
-                series_instance_uid=generate_uid(entropy_srcs=[*ent, "series"]),
-                sop_instance_uid=generate_uid(entropy_srcs=[*ent, "sop"]),
-                series_description=f"medicraft OCT phantom ({cls})",
-                acquisition_datetime=datetime(2000, 1, 1),
-            )
-            rel = path.relative_to(img_root).as_posix()
+            images = [f"{cls}/{pid}_{tag}_{lat}.dcm"]
             for k, angle in enumerate(angles):
                 items.append(
-                    {OCTKeys.IMAGE: f"images/{rel}", **base, OCTKeys.PLANE_ANGLE: float(angle), OCTKeys.FRAME: k}
+                    {OCTKeys.IMAGE: f"images/{images[0]}", **base, OCTKeys.PLANE_ANGLE: float(angle), OCTKeys.FRAME: k}
                 )
-            manifest.append(
-                {
-                    "image": rel,
-                    "label": cls,
-                    "patient_id": pid,
-                    "exam_id": exam_id,
-                    "plane_angle": "",
-                    "laterality": lat,
-                    "frame": "",
-                }
-            )
+            manifest.append({"image": images[0], **row, "plane_angle": "", "frame": ""})
         exam_records.append(
             {
                 "exam_id": exam_id,
                 "patient_id": pid,
                 "class_name": cls,
                 "laterality": lat,
-                "defect": plan[i],
+                "defect": plan.defects[i],
                 "seed": exam_seed,
                 "truth": truth_rel,
             }
         )
+        rels = [truth_rel, f"ground_truth/{exam_id}.json", *(f"images/{rel}" for rel in images)]
+        if _exam_complete(out, files, rels):
+            resumed += 1
+            continue
+        exam = phantom.generate_exam(exam_seed, cls, lat, defect=plan.defects[i], patient_id=pid, exam_id=exam_id)
+        frames = exam.to_uint8()
+        exam.save_truth(gt_root / exam_id)
+        if fmt == "png":
+            from PIL import Image
 
-    with open(img_root / "manifest.csv", "w", newline="") as f:
-        writer = csv.DictWriter(
-            f, fieldnames=["image", "label", "patient_id", "exam_id", "plane_angle", "laterality", "frame"]
-        )
-        writer.writeheader()
-        writer.writerows(manifest)
+            for k, rel in enumerate(images):
+                atomic_write(img_root / rel, Image.fromarray(frames[k]).save)
+        else:
+            from pydicom.uid import generate_uid
+
+            from medicraft_monai.data.dicom import write_oct_dicom
+
+            ent = ["medicraft-phantom", str(seed), str(exam_seed), exam_id]
+            dicom = {
+                "frames": frames,
+                "plane_angles": [float(a) for a in angles],
+                "laterality": lat,
+                "pixel_spacing": (row_mm, col_mm),
+                "patient_id": pid,
+                "patient_name": f"PHANTOM^{pid}",
+                "study_instance_uid": generate_uid(entropy_srcs=[*ent, "study"]),
+                "series_instance_uid": generate_uid(entropy_srcs=[*ent, "series"]),
+                "sop_instance_uid": generate_uid(entropy_srcs=[*ent, "sop"]),
+                "series_description": f"medicraft OCT phantom ({cls})",
+                "acquisition_datetime": datetime(2000, 1, 1),
+            }
+            atomic_write(img_root / images[0], partial(write_oct_dicom, **dicom))
+        files.update({rel: file_sha256(out / rel) for rel in rels})
+        write_json_atomic(out / PHANTOM_RECORD, record, indent=1)
+    if resumed and progress:
+        print(f"phantom: {resumed} of {len(plan.exams)} exams were already complete in {out} (kept)")
+
+    write_csv_atomic(img_root / "manifest.csv", manifest, _MANIFEST_FIELDS)
     summary = {
         "name": "medicraft OCT phantom",
         "seed": int(seed),
         "format": fmt,
-        "n_exams": n_exams,
-        "n_patients": len({e[0] for e in exams[:n_exams]}),
+        "n_exams": len(plan.exams),
+        "n_patients": len({e[0] for e in plan.exams}),
         "n_images": len(items),
         "labels": {str(i): n for i, n in enumerate(names)},
-        "classes": class_map,
-        "exams_per_class": dict(zip(names, counts)),
-        "defects": {d: plan.count(d) for d in DEFECTS if d in plan},
-        "config": to_jsonable(asdict(config), ndigits=6, where="config"),
+        "classes": plan.class_map,
+        "exams_per_class": dict(zip(names, plan.counts)),
+        "defects": {d: plan.defects.count(d) for d in DEFECTS if d in plan.defects},
+        "config": plan.settings["config"],
         "exams": exam_records,
     }
-    (out / "phantom_summary.json").write_text(json.dumps(summary, indent=1))
+    write_json_atomic(out / "phantom_summary.json", summary, indent=1)
+    files.update({rel: file_sha256(out / rel) for rel in ("images/manifest.csv", "phantom_summary.json")})
+    record["complete"] = True
+    write_json_atomic(out / PHANTOM_RECORD, record, indent=1)
     return items
 
 
@@ -340,16 +503,14 @@ def make_phantom_dataset(
     same way as for any user data set (:func:`~medicraft_monai.data.build_datalist`), so the phantom exercises the
     same code path. Returns the datalist and prints its per-class, per-split count table.
 
-    An ``output_dir`` that already holds a phantom data set is refused (its files would mix with the new ones)
-    unless ``overwrite`` is set, which first removes its ``images/`` and ``ground_truth/`` folders.
+    Every argument (``fractions`` included) is checked before anything is written or deleted. A rerun with the same
+    settings resumes an interrupted one. An ``output_dir`` that holds a phantom data set of other settings is refused
+    (its files would mix with the new ones) unless ``overwrite`` is set, which first deletes the files that set's
+    record (``phantom_files.json``) lists, and nothing else; files the phantom did not write are never deleted (a
+    folder holding any is refused). See :func:`write_phantom_dataset`.
     """
     out = Path(output_dir)
-    previous = [out / "images", out / "ground_truth"]
-    if any(p.is_dir() and any(p.iterdir()) for p in previous):
-        if not overwrite:
-            raise OCTDataError(out, "already holds a phantom data set; choose an empty folder or pass --overwrite")
-        for p in previous:
-            shutil.rmtree(p, ignore_errors=True)
+    fractions = _check_fractions(fractions)
     config = PhantomConfig(height=height, width=width, n_planes=planes)
     write_phantom_dataset(
         out,
@@ -361,6 +522,7 @@ def make_phantom_dataset(
         config=config,
         defects=defect,
         progress=progress,
+        overwrite=overwrite,
     )
     class_order = list(classes) if classes else list(config.classes)  # the phantom's order, not alphabetical
     datalist = build_datalist(
@@ -372,5 +534,8 @@ def make_phantom_dataset(
         strict=True,
         name="medicraft OCT phantom",
     )
+    record = _read_record(out) or {"files": {}}
+    record["files"]["datalist.json"] = file_sha256(out / "datalist.json")
+    write_json_atomic(out / PHANTOM_RECORD, record, indent=1)
     print(count_table(datalist))
     return datalist
