@@ -678,6 +678,11 @@ def test_unreadable_root_is_an_error_naming_it(user_inputs, unreadable, capsys):
     assert err == f"medicraft: error: {root}: cannot read the datalist source folder (Permission denied)"
     assert not (root.parent / "dl.json").exists()
 
+    unreadable.clear()  # a readable root whose class folders all cannot be read: not "no image files found"
+    unreadable.update({(root / "CNV").resolve(), (root / "NORMAL").resolve()})
+    with pytest.raises(OCTDataError, match=r"2 folder\(s\) cannot be read, first .*CNV: cannot read the folder"):
+        build_datalist(root)
+
 
 def test_label_typo_class_of_one_image_warns_how_to_pin_classes(user_inputs, caplog):
     table = user_inputs["csv"]

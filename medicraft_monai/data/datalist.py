@@ -379,11 +379,15 @@ def detect_source_kind(source: str | os.PathLike) -> str:
     if not path.is_dir():
         raise OCTDataError(path, "datalist source not found")
     formats = set()
-    files, _ = _list_files(path)  # unreadable sub-folders are reported by the scan itself
+    files, unreadable = _list_files(path)  # unreadable sub-folders are reported by the scan itself
     for p in files:
         fmt = _image_format(p)
         if fmt is not None:
             formats.add(fmt)
+    if not formats and unreadable:
+        raise OCTDataError(
+            path, f"no readable image files: {len(unreadable)} folder(s) cannot be read, first {unreadable[0]}"
+        )
     if not formats:
         raise EmptyDatasetError(path, "no image files found (looked for PNG, JPEG, TIFF, NIfTI and DICOM files)")
     return "dicom" if formats == {"dicom"} else "folder"
