@@ -266,7 +266,12 @@ class MedicraftCLI:
         """
         from medicraft_monai.evaluation import EvaluationSettings, evaluate_synthesis
 
-        values = json.loads(open(config).read()) if config else {}
+        try:
+            values = json.loads(Path(config).read_text()) if config else {}
+        except json.JSONDecodeError as e:
+            raise ValueError(
+                f"{config}: not a JSON file of evaluation settings ({e}); see docs/evaluation.md"
+            ) from None
         given = {
             "image_size": None if image_size is None else tuple(int(v) for v in _as_list(image_size) or []),
             "crop_height": crop_height,

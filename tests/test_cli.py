@@ -140,7 +140,7 @@ def test_multiply_command_refuses_a_missing_checkpoint_before_any_work(tmp_path:
     )
     assert proc.returncode == 2
     assert "none.pt: checkpoint not found" in proc.stderr and "Traceback" not in proc.stderr
-    assert not list(out.rglob("*.png"))
+    assert not out.exists()  # no output folder (or job file) before the inputs are checked
 
 
 def test_label_app_dir_and_the_accepted_only_datalists_of_multiply(tmp_path: Path) -> None:
@@ -293,3 +293,38 @@ def test_info_shows_what_the_reader_sees(oct2017_dir: Path, tmp_path: Path) -> N
     line = _error_line(run_cli("info", str(bad), check=False))
     assert line.startswith(f"medicraft: error: {bad}: ")
     assert bad.read_bytes() == jpeg.read_bytes()[:300]
+
+
+def test_multiply_and_evaluate_make_no_output_folder_before_their_inputs_are_checked(tmp_path: Path) -> None:
+    from medicraft_monai.data.datalist import load_datalist, write_datalist
+    from medicraft_monai.data.phantom import make_phantom_dataset
+
+    make_phantom_dataset(tmp_path / "real", exams=6, height=32, width=64, fractions=(0.4, 0.2, 0.4), progress=False)
+    real = tmp_path / "real" / "datalist.json"
+    before = _snapshot(tmp_path)
+    out = tmp_path / "out" / "nested"
+    cases = [
+        (["--bundle_root", str(tmp_path / "no_bundle")], "no_bundle"),
+        (["--target", '{"no_such_class": 3}'], "no_such_class"),
+        (["--batch_size", "0"], "--batch_size must be a positive integer"),
+    ]
+    for args, message in cases:
+        line = _error_line(run_cli("multiply", str(real), str(out), *args, check=False))
+        assert message in line, line
+        assert not (tmp_path / "out").exists(), args
+    assert _snapshot(tmp_path) == before
+
+    items = load_datalist(real)
+    fake = [dict(it, synthetic=True, patient_id=f"synthetic-{k}") for k, it in enumerate(items["training"][:3])]
+    synth = write_datalist(tmp_path / "synthetic.json", {**items, "training": fake, "validation": [], "test": []})
+    before = _snapshot(tmp_path)
+    cases = [
+        (["--feature_extractor", str(tmp_path / "none.ts")], "none.ts"),
+        (["--anatomy_profile", "retina"], "--anatomy_profile must be one of ('phantom', 'spectralis'), got 'retina'"),
+        (["--config", str(real.parent / "images" / "manifest.csv")], "not a JSON file of evaluation settings"),
+    ]
+    for args, message in cases:
+        line = _error_line(run_cli("evaluate", str(real), str(synth), "--output_dir", str(out), *args, check=False))
+        assert message in line, line
+        assert not (tmp_path / "out").exists(), args
+    assert _snapshot(tmp_path) == before

@@ -182,6 +182,9 @@ def evaluate_synthesis(
     real = load_datalist(real_path)
     synthetic = load_datalist(synth_path, check=False)
     class_names, train_items, test_items, synth_items = _check_inputs(real, synthetic, real_path, synth_path)
+    if s.anatomy:
+        anatomy_checker(s.anatomy_profile)  # an unknown profile fails before the output folder is made
+    given_extractor = _given_feature_extractor(s)  # a missing or unreadable one too
     out.mkdir(parents=True, exist_ok=True)
     if overwrite:
         for p in [out / "evaluation_job.json", *(out / "sections").glob("*.json")]:
@@ -243,7 +246,7 @@ def evaluate_synthesis(
 
     # -- features ------------------------------------------------------------------------------------------------
     _say(f"3/{n_steps} features for fidelity and privacy ({s.feature_extractor or 'OCT classifier trained here'})")
-    extractor, extractor_info = _feature_extractor(s, clf, class_names, train_items, out, device)
+    extractor, extractor_info = _feature_extractor(s, clf, class_names, train_items, out, device, given_extractor)
     from medicraft_monai.metrics.features import extract_features, pixel_features
 
     f_train, f_test, f_synth = (
@@ -357,12 +360,19 @@ def _utility(s, clf, class_names, train_items, test_items, synth_items, out: Pat
     )
 
 
-def _feature_extractor(s, clf, class_names, train_items, out: Path, device: torch.device):
-    from medicraft_monai.metrics.features import FeatureExtractor, load_feature_extractor
+def _given_feature_extractor(s: EvaluationSettings):
+    """The feature extractor the settings name, loaded (so checked), or ``None`` when one is trained here."""
+    from medicraft_monai.metrics.features import load_feature_extractor
 
     spec = s.feature_extractor
-    if spec not in (None, "", "auto"):
-        return load_feature_extractor(spec), {"extractor": str(spec)}
+    return None if spec in (None, "", "auto") else load_feature_extractor(spec)
+
+
+def _feature_extractor(s, clf, class_names, train_items, out: Path, device: torch.device, given=None):
+    from medicraft_monai.metrics.features import FeatureExtractor
+
+    if given is not None:
+        return given, {"extractor": str(s.feature_extractor)}
     from medicraft_monai.evaluation.utility import train_classifier
 
     folder = out / "feature_extractor"
@@ -474,7 +484,7 @@ def anatomy_checker(profile: str = "phantom"):
         return AnatomyChecker.for_phantom()
     if profile == "spectralis":
         return AnatomyChecker.for_spectralis()
-    raise ValueError(f"unknown anatomy profile {profile!r}: use 'phantom' or 'spectralis'")
+    raise ValueError(f"anatomy_profile must be 'phantom' or 'spectralis', got {profile!r}")
 
 
 def _anatomy(s, class_names, x_test, y_test, x_synth, y_synth, image_size) -> dict[str, Any]:

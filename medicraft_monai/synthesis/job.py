@@ -121,11 +121,24 @@ def distributed(device: str | torch.device | None = None) -> Iterator[None]:
         idist.finalize()
 
 
-def check_output_dir(out: str | PathLike) -> None:
-    """Make the output folder, or fail (``OCTDataError``) when it is a file or cannot be written."""
+def check_output_dir(out: str | PathLike, *, create: bool = True) -> None:
+    """Make the output folder, or fail (``OCTDataError``) when it is a file or cannot be written.
+
+    With ``create=False`` a missing folder is not made: it is enough that its nearest existing parent is a folder
+    that can be written (a job checks its output this way before its other inputs, and makes it only after them).
+    """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OCTDataError(out, "output_dir exists and is not a folder")
+    if not create and not out.exists():
+        parent = out.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise OCTDataError(out, f"output folder cannot be made: {parent} is not a folder")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise OCTDataError(out, f"output folder cannot be made: {parent} is not writable")
+        return
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-", delete=True) as f:

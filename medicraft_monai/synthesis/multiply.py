@@ -215,7 +215,7 @@ def multiply(
     class_names = datalist_class_names(real)
     plan_counts(real, tgt, split=split)  # unknown class names and empty splits fail before the model loads
     out = Path(output_dir)
-    check_output_dir(out)
+    check_output_dir(out, create=False)  # made only once the bundle, its checkpoint and its classes are checked
 
     with distributed(device):
         if generator is None:
@@ -232,6 +232,7 @@ def multiply(
             )
         plan = plan_counts(real, tgt, split=split, class_names=generator.class_names)
         tasks = plan_tasks(plan, class_names, seed, fmt)
+        check_output_dir(out)
         job = SynthesisJob(
             generator,
             out,
