@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from _bad_inputs import one_per_class_datalist
 from _subprocess import run_group
-from test_multiply import CLASSES, make_tiny_bundle, real_item
+from test_multiply import make_tiny_bundle
 
-from medicraft_monai.data import write_datalist
 from medicraft_monai.networks import CheckpointError, load_state_dict, read_checkpoint
 
 MEDICRAFT = [sys.executable, "-c", "from medicraft_monai.cli import main; main()"]
@@ -43,16 +43,7 @@ def setup(tmp_path_factory, oct2017_dir: Path, oct2017_manifest) -> tuple[Path, 
     """The tiny random-weight generator bundle of test_multiply and a datalist of one real B-scan per class."""
     root = tmp_path_factory.mktemp("ckpt")
     bundle = make_tiny_bundle(root / "bundle")
-    rows = {r["label"]: r for r in oct2017_manifest}
-    datalist = {
-        "name": "tiny",
-        "labels": {str(i): c for i, c in enumerate(CLASSES)},
-        "num_classes": len(CLASSES),
-        "training": [real_item(rows[c], oct2017_dir) for c in CLASSES],
-        "validation": [],
-        "test": [],
-    }
-    return bundle, write_datalist(root / "datalist.json", datalist)
+    return bundle, one_per_class_datalist(root / "datalist.json", oct2017_dir, oct2017_manifest)
 
 
 def _make(kind: str, folder: Path, good: bytes) -> Path:
