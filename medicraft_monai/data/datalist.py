@@ -357,6 +357,8 @@ def _list_files(root: Path) -> tuple[list[Path], list[OCTDataError]]:
                     visit(path)
                 elif entry.is_file():
                     files.append(path)
+                elif entry.is_symlink() and not path.exists():
+                    unreadable.append(OCTDataError(path, "is a broken symbolic link (its target does not exist)"))
             except OSError as err:
                 unreadable.append(OCTDataError(path, f"cannot be read ({err.strerror or err})"))
 

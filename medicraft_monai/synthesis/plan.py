@@ -181,7 +181,7 @@ def plan_counts(
     if tgt.kind == "counts":
         unknown = [c for c in tgt.counts if c not in have]
         if unknown:
-            raise UnknownLabelError(None, f"unknown class name(s) {unknown} in the target; the datalist has {names}")
+            raise UnknownLabelError(None, f"unknown class name(s) {unknown} in --target; the datalist has {names}")
         plan = {name: int(tgt.counts.get(name, 0)) for name in names}
     else:
         if not any(have.values()):
