@@ -171,7 +171,8 @@ def build_corpus(root: Path, oct2017_dir: Path, bundle: Path, real_datalist: Pat
     out = root / "out"  # outputs of the commands go below here, never into the inputs
 
     def datalist_case(kind: str, bad_name: str, make, words: tuple[str, ...], what: str) -> Path:
-        src = _class_tree(root / f"src_{kind.replace(' ', '_').replace('-', '_')}", real)
+        name = f"src_{kind}_{bad_name.split('.')[0]}".replace(" ", "_").replace("-", "_")
+        src = _class_tree(root / name, real)
         bad = make(src / "CNV" / bad_name)
         args = ["datalist", str(src), "--output", str(out / f"{src.name}.json"), "--strict"]
         cases.append(Case(kind, "datalist", args, bad_name, words, what, "no datalist written; the source untouched"))
@@ -257,6 +258,8 @@ def build_corpus(root: Path, oct2017_dir: Path, bundle: Path, real_datalist: Pat
                         "a dangling symbolic link")  # fmt: skip
     info_case("unreadable", bad, (), "a dangling symbolic link")
     multiply_case("unreadable", ckpts, ("is a folder",), "a folder as --ckpt_path")
+    datalist_case("unreadable", "CNV-998-1.jpeg", lambda p: (os.mkfifo(p), p)[1], ("not a regular file",),
+                  "a named pipe (FIFO) under an image name")  # fmt: skip
     # output equals input
     src = _class_tree(root / "src_output_is_input", real)
     victim = src / "CNV" / real["CNV"][0].name

@@ -359,6 +359,8 @@ def _list_files(root: Path) -> tuple[list[Path], list[OCTDataError]]:
                     files.append(path)
                 elif entry.is_symlink() and not path.exists():
                     unreadable.append(OCTDataError(path, "is a broken symbolic link (its target does not exist)"))
+                elif not entry.is_dir():
+                    unreadable.append(OCTDataError(path, "is not a regular file (a pipe, socket or device)"))
             except OSError as err:
                 unreadable.append(OCTDataError(path, f"cannot be read ({err.strerror or err})"))
 
