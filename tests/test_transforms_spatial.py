@@ -202,8 +202,42 @@ def test_resize_stretch_and_tall_input_and_unknown_spacing() -> None:
     assert not same.applied_operations  # recorded on a copy, not on the caller's tensor
     with pytest.raises(ValueError):
         OCTResize((128,))
-    with pytest.raises(ValueError):
-        OCTResize(mode="crop")
+    with pytest.raises(ValueError, match="'fit', 'stretch' or 'crop'"):
+        OCTResize(mode="letterbox")
+
+
+def test_resize_crop_gives_every_scan_width_the_same_field_of_view(real_bscan_paths: list[Path]) -> None:
+    """Spectralis 768- and 512-wide scans (after a 256-row retina crop) both fill a 128 x 256 output with no bars:
+    the wide one loses 128 columns at each lateral end, the other is only resampled; the inverse puts the content
+    back where it was, the cut ends as zeros."""
+    wide = next(p for p in real_bscan_paths if LoadOCTImage()(p).shape[-1] == 768)
+    narrow = next(p for p in real_bscan_paths if LoadOCTImage()(p).shape[-1] == 512)
+    resize = OCTResize(spatial_size=(128, 256), mode="crop")
+    for path, cut in ((wide, 128), (narrow, 0)):
+        img = RetinaCropd(keys="image", height=256)(
+            {"image": ScaleOCTIntensityd(keys="image")({"image": LoadOCTImage()(path)})["image"]}
+        )["image"]
+        img.meta["pixel_spacing"] = (0.0039, 0.0117)
+        assert resize.crop_box(img.shape) == ((0, 0), (cut, cut))
+        out = resize(img)
+        assert out.shape == (1, 128, 256)
+        assert (np.abs(out[0].numpy()).sum(axis=0) > 0).all()  # no padding column
+        # one scale factor for both axes: 256 rows -> 128, (W - 2 * cut) columns -> 256
+        row, col = out.meta["pixel_spacing"]
+        assert row == pytest.approx(0.0039 * 2) and col == pytest.approx(0.0117 * (img.shape[-1] - 2 * cut) / 256)
+        # the output is the centre of the scan: it matches a stretch-resize of the same centre crop
+        centre = img[:, :, cut : img.shape[-1] - cut]
+        ref = OCTResize((128, 256), mode="stretch")(centre)
+        torch.testing.assert_close(out.as_tensor(), ref.as_tensor(), atol=1e-5, rtol=0)
+        back = resize.inverse(out)
+        assert back.shape == img.shape and len(back.applied_operations) == len(img.applied_operations)
+        assert back.meta["pixel_spacing"] == pytest.approx((0.0039, 0.0117))
+        if cut:
+            assert float(back[..., :cut].abs().sum()) == 0 and float(back[..., -cut:].abs().sum()) == 0
+        inner = back[0, :, cut : img.shape[-1] - cut].numpy().ravel()
+        assert np.corrcoef(inner, centre[0].numpy().ravel())[0, 1] > 0.8
+    tall = OCTResize((128, 256), mode="crop")
+    assert tall.crop_box((1, 496, 512)) == ((120, 120), (0, 0))  # a taller scan loses rows at top and bottom
 
 
 def test_resize_dict_mask_nearest() -> None:

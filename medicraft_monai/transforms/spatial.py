@@ -22,6 +22,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.data.meta_obj import get_track_meta
 from monai.transforms import (
+    BorderPad,
     Flip,
     InvertibleTransform,
     MapTransform,
@@ -297,6 +298,10 @@ class OCTResize(InvertibleTransform):
     - ``mode="fit"`` (default): one scale factor for both axes, the largest that fits the image inside
       ``spatial_size``; the rest is padded symmetrically (``pad_mode``). Nothing is cut, nothing distorted.
     - ``mode="stretch"``: each axis is resized on its own to exactly ``spatial_size``.
+    - ``mode="crop"``: the centre of the image is cropped to the aspect of ``spatial_size`` (the wider of two
+      scans loses its lateral ends, a taller one its top and bottom), then resized with one scale factor. Every
+      output then shows the same field of view relative to its height, with no padding bars: use it when a data
+      set mixes scan widths (Spectralis 512- and 768-wide B-scans) and a model should not learn the bars.
 
     Resampling is MONAI's :class:`~monai.transforms.Resize` (``torch.nn.functional.interpolate``, with a
     Gaussian anti-aliasing pre-filter when shrinking; off for nearest-neighbour modes) and padding MONAI's
@@ -305,7 +310,7 @@ class OCTResize(InvertibleTransform):
 
     Args:
         spatial_size: output (H, W).
-        mode: ``"fit"`` or ``"stretch"``.
+        mode: ``"fit"``, ``"stretch"`` or ``"crop"``.
         interp_mode: interpolation mode of :class:`~monai.transforms.Resize` (``"bilinear"``, ``"area"``,
             ``"nearest"``, ``"bicubic"``, ...).
         anti_aliasing: Gaussian pre-filter when shrinking (ignored for nearest modes).
@@ -325,8 +330,8 @@ class OCTResize(InvertibleTransform):
         size = tuple(int(v) for v in spatial_size)
         if len(size) != 2 or min(size) < 1:
             raise ValueError(f"spatial_size must be two positive ints (H, W), got {spatial_size}")
-        if mode not in ("fit", "stretch"):
-            raise ValueError(f"mode must be 'fit' or 'stretch', got {mode!r}")
+        if mode not in ("fit", "stretch", "crop"):
+            raise ValueError(f"mode must be 'fit', 'stretch' or 'crop', got {mode!r}")
         self.spatial_size = size
         self.mode = mode
         self.interp_mode = interp_mode
@@ -334,11 +339,20 @@ class OCTResize(InvertibleTransform):
         self.pad_mode = pad_mode
         self.pad_kwargs = pad_kwargs
 
+    def crop_box(self, shape: Sequence[int]) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The ((top, bottom), (left, right)) margins ``mode="crop"`` cuts away (all zero for other modes)."""
+        h, w = int(shape[-2]), int(shape[-1])
+        if self.mode != "crop":
+            return (0, 0), (0, 0)
+        th, tw = self.spatial_size
+        ch, cw = min(h, max(1, round(w * th / tw))), min(w, max(1, round(h * tw / th)))
+        return ((h - ch) // 2, h - ch - (h - ch) // 2), ((w - cw) // 2, w - cw - (w - cw) // 2)
+
     def resized_shape(self, shape: Sequence[int]) -> tuple[int, int]:
         """The (H, W) the image content is resampled to before padding."""
         h, w = int(shape[-2]), int(shape[-1])
         th, tw = self.spatial_size
-        if self.mode == "stretch":
+        if self.mode in ("stretch", "crop"):
             return th, tw
         f = min(th / h, tw / w)
         return min(th, max(1, round(h * f))), min(tw, max(1, round(w * f)))
@@ -357,7 +371,12 @@ class OCTResize(InvertibleTransform):
         h, w = int(img.shape[-2]), int(img.shape[-1])
         new = self.resized_shape(img.shape)
         out = convert_to_tensor(img, track_meta=get_track_meta(), dtype=torch.float32)
-        if new != (h, w):
+        crop = self.crop_box(img.shape)
+        if any(crop[0]) or any(crop[1]):
+            cropper = SpatialCrop(roi_start=(crop[0][0], crop[1][0]), roi_end=(h - crop[0][1], w - crop[1][1]))
+            with cropper.trace_transform(False):
+                out = cropper(out)
+        if new != tuple(out.shape[-2:]):
             resizer = Resize(spatial_size=new, mode=interp, anti_aliasing=aa)
             with resizer.trace_transform(False):
                 out = resizer(out)
@@ -375,21 +394,29 @@ class OCTResize(InvertibleTransform):
             out.meta = dict(out.meta)
             spacing = out.meta.get(OCTMetaKeys.PIXEL_SPACING)
             if spacing is not None:
-                out.meta[OCTMetaKeys.PIXEL_SPACING] = _scale_spacing(spacing, (h, w), new)
+                cropped = (h - sum(crop[0]), w - sum(crop[1]))
+                out.meta[OCTMetaKeys.PIXEL_SPACING] = _scale_spacing(spacing, cropped, new)
             self.push_transform(
                 out,
                 orig_size=(h, w),
-                extra_info={"resized": list(new), "pad": [list(p) for p in pad], "interp_mode": interp},
+                extra_info={
+                    "resized": list(new),
+                    "pad": [list(p) for p in pad],
+                    "crop": [list(c) for c in crop],
+                    "interp_mode": interp,
+                },
             )
         if not isinstance(img, torch.Tensor):
             out = convert_to_dst_type(out, img, dtype=np.float32)[0]
         return out
 
     def inverse(self, data: Any) -> Any:
-        """Remove the padding and resize back to the original (H, W)."""
+        """Remove the padding and resize back to the original (H, W); margins ``mode="crop"`` cut come back as zeros."""
         transform = self.pop_transform(data)
         info = transform[TraceKeys.EXTRA_INFO]
-        orig = tuple(int(v) for v in transform[TraceKeys.ORIG_SIZE])
+        full = tuple(int(v) for v in transform[TraceKeys.ORIG_SIZE])
+        crop = [tuple(int(v) for v in c) for c in info.get("crop", [(0, 0), (0, 0)])]
+        orig = (full[0] - sum(crop[0]), full[1] - sum(crop[1]))
         new = tuple(int(v) for v in info["resized"])
         (pt, _), (pl, _) = info["pad"]
         out = data
@@ -407,6 +434,10 @@ class OCTResize(InvertibleTransform):
             spacing = out.meta.get(OCTMetaKeys.PIXEL_SPACING)
             if spacing is not None:
                 out.meta[OCTMetaKeys.PIXEL_SPACING] = _scale_spacing(spacing, new, orig)
+        if any(crop[0]) or any(crop[1]):
+            padder = BorderPad(spatial_border=[crop[0][0], crop[0][1], crop[1][0], crop[1][1]])
+            with padder.trace_transform(False):
+                out = padder(out)
         return out
 
 
