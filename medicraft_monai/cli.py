@@ -228,6 +228,7 @@ class MedicraftCLI:
         config: str | None = None,
         image_size: Sequence[int] | None = None,
         crop_height: int | None = None,
+        resize_mode: str | None = None,
         max_per_class: int | None = None,
         feature_extractor: str | None = None,
         seeds: int | Sequence[int] | None = None,
@@ -253,6 +254,8 @@ class MedicraftCLI:
             config: a JSON file of evaluation settings (see docs/evaluation.md); options given here override it.
             image_size: H,W every image is compared at (default: the synthetic images' size).
             crop_height: rows kept around the retina of real images before resizing (default 256; 0: no crop).
+            resize_mode: how real images reach the image size: fit (default, pad), crop (same field of view for
+                every scan width; use the generator's) or stretch.
             max_per_class: at most this many images per class and set (default 200).
             feature_extractor: a TorchScript file or bundle folder (default: a classifier trained on the real data).
             seeds: seeds of the utility study (default 0,1,2).
@@ -275,6 +278,7 @@ class MedicraftCLI:
         given = {
             "image_size": None if image_size is None else tuple(int(v) for v in _as_list(image_size) or []),
             "crop_height": crop_height,
+            "resize_mode": resize_mode,
             "max_per_class": max_per_class,
             "feature_extractor": feature_extractor,
             "utility_seeds": None

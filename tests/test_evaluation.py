@@ -64,7 +64,10 @@ def _settings(**kw) -> EvaluationSettings:
 
 
 def test_copied_training_images_are_flagged_and_look_perfect(phantom_sets, tmp_path) -> None:
-    m = evaluate_synthesis(phantom_sets["real"], phantom_sets["copies"], tmp_path / "copies", _settings())
+    m = evaluate_synthesis(
+        phantom_sets["real"], phantom_sets["copies"], tmp_path / "copies", _settings(resize_mode="crop")
+    )
+    assert m["data"]["resize_mode"] == "crop"
     fid, priv = m["fidelity"]["overall"], m["privacy"]
     # identical images: precision and recall are perfect and the Frechet distance is far below real-vs-real
     assert fid["precision"] == 1.0 and fid["recall"] == 1.0
@@ -78,6 +81,23 @@ def test_copied_training_images_are_flagged_and_look_perfect(phantom_sets, tmp_p
     report = (tmp_path / "copies" / "report.md").read_text()
     assert "memorisation suspected" in report
     assert (tmp_path / "copies" / "figures" / "closest_pairs_features.png").stat().st_size > 1000
+
+
+def test_real_scans_of_two_widths_are_compared_with_one_field_of_view(oct2017_dir, tmp_path) -> None:
+    """``resize_mode="crop"`` reaches the real images: a 768-wide OCT2017 scan fills the frame (no padding bars,
+    unlike "fit"); an unknown mode is refused."""
+    from medicraft_monai.metrics.images import load_images
+
+    manifest = (oct2017_dir / "manifest.csv").read_text().splitlines()[1:]
+    wide = next(oct2017_dir / row.split(",")[0] for row in manifest if row.split(",")[4] == "768")
+    items = [{"image": str(wide), "label": 0}]
+    x_fit, _ = load_images(items, SIZE, crop_height=256, resize_mode="fit", progress=False)
+    x_crop, _ = load_images(items, SIZE, crop_height=256, resize_mode="crop", progress=False)
+    # 256 x 768 into 64 x 128 with "fit": 43 x 128 of content, letterboxed by blank rows above and below
+    assert (x_fit[0, 0].abs().sum(1) == 0).sum() == 64 - 43
+    assert (x_crop[0, 0].abs().sum(1) > 0).all() and (x_crop[0, 0].abs().sum(0) > 0).all()
+    with pytest.raises(ValueError, match="'fit', 'stretch' or 'crop'"):
+        load_images(items, SIZE, crop_height=256, resize_mode="letterbox", progress=False)
 
 
 def test_fresh_eyes_are_not_flagged_and_the_report_has_every_section(phantom_sets, tmp_path) -> None:

@@ -212,9 +212,10 @@ def evaluate_synthesis(
     from medicraft_monai.metrics.images import load_images
 
     crop = s.crop_height or None
-    x_train, train_items = load_images(train_items, image_size, crop_height=crop, progress=s.progress)
-    x_test, test_items = load_images(test_items, image_size, crop_height=crop, progress=s.progress)
-    x_synth, synth_items = load_images(synth_items, image_size, crop_height=None, progress=s.progress)
+    mode = s.resize_mode
+    x_train, train_items = load_images(train_items, image_size, crop_height=crop, resize_mode=mode, progress=s.progress)
+    x_test, test_items = load_images(test_items, image_size, crop_height=crop, resize_mode=mode, progress=s.progress)
+    x_synth, synth_items = load_images(synth_items, image_size, crop_height=None, resize_mode=mode, progress=s.progress)
     y_train, y_test, y_synth = (
         np.array([int(it[OCTKeys.LABEL]) for it in items]) for items in (train_items, test_items, synth_items)
     )
@@ -223,6 +224,7 @@ def evaluate_synthesis(
         lambda: {
             "class_names": class_names,
             "image_size": list(image_size),
+            "resize_mode": mode,
             "counts": {
                 name: {c: int((y == i).sum()) for i, c in enumerate(class_names)}
                 for name, y in (("real_training", y_train), ("real_test", y_test), ("synthetic", y_synth))
@@ -326,6 +328,7 @@ def _classifier_settings(cls: Any, s: EvaluationSettings, image_size: tuple[int,
         setattr(base, key, value)
     if s.crop_height:
         base.overrides = {"crop_height": int(s.crop_height), **base.overrides}
+    base.overrides = {"resize_mode": s.resize_mode, **base.overrides}
     return base
 
 

@@ -23,6 +23,9 @@ class EvaluationSettings:
         image_size: (H, W) every image is compared at; ``None``: the size of the synthetic images.
         crop_height: real images are cropped to this many rows around the retina before resizing (the
             generators' own preprocessing); ``None`` or 0: no crop. Synthetic images are only resized.
+        resize_mode: how real images reach ``image_size`` (:class:`~medicraft_monai.transforms.OCTResize`):
+            ``"fit"`` (keep the aspect, pad), ``"crop"`` (cut the centre to the output's aspect: the same field of
+            view for every scan width; use the mode the generator was trained with) or ``"stretch"``.
         max_per_class: at most this many images per class and per set (seeded choice); ``None``: all.
         feature_extractor: the network whose features the Frechet distance, KID, precision/recall and the
             feature-space privacy audit use: a TorchScript file, a bundle folder (its ``configs/inference.json``
@@ -53,6 +56,7 @@ class EvaluationSettings:
 
     image_size: tuple[int, int] | None = None
     crop_height: int | None = 256
+    resize_mode: str = "fit"
     max_per_class: int | None = 200
     feature_extractor: str | None = None
     utility: bool = True

@@ -43,7 +43,7 @@ def evaluation_transform(
         image_size: output (H, W), for example the diffusion bundle's ``image_size``.
         crop_height: rows kept around the retina before resizing (the bundle's ``crop_height``); ``None``: no crop.
         intensity_mode: mode of :class:`~medicraft_monai.transforms.ScaleOCTIntensity`.
-        resize_mode: ``"fit"`` (keep the aspect, pad) or ``"stretch"``.
+        resize_mode: ``"fit"`` (keep the aspect, pad), ``"crop"`` (centre cut to the aspect) or ``"stretch"``.
         keys: the item key holding the image path.
     """
     size = tuple(int(v) for v in image_size)
@@ -107,7 +107,7 @@ def load_images(
         skip_bad: leave files that cannot be read out (with a warning naming them) instead of raising.
         skipped: a list that receives ``{**item, "error": message}`` for every file left out.
         intensity_mode: see :class:`~medicraft_monai.transforms.ScaleOCTIntensity`.
-        resize_mode: ``"fit"`` or ``"stretch"``.
+        resize_mode: ``"fit"``, ``"crop"`` or ``"stretch"``.
 
     Returns:
         ``(images, items)``: the images and, in the same order, the items they came from (copies; paths given
