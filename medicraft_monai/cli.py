@@ -40,12 +40,14 @@ def _as_mapping(value: str | dict | None) -> dict | None:
 class MedicraftCLI:
     """medicraft_monai: multiply small OCT data sets with class-conditioned diffusion models.
 
-    Commands: phantom, datalist, multiply, evaluate, label_efficiency, demo, info; label app_dir; review export.
+    Commands: phantom, datalist, multiply, evaluate, label_efficiency, demo, info; label app_dir; review export;
+    bundle verify.
     """
 
     def __init__(self) -> None:
         self.label = LabelCommands()
         self.review = ReviewCommands()
+        self.bundle = BundleCommands()
 
     def phantom(
         self,
@@ -434,6 +436,44 @@ class ReviewCommands:
             print(f"{key}: {result[key]}")
         if result["refused"]:
             print(f"refused: {len(result['refused'])} image(s), not exported (see {result['report_json']})")
+
+
+def _bundle_folder(name_or_folder: str) -> Path:
+    """A bundle folder given as a folder, or the shipped bundle of that name."""
+    from medicraft_monai.bundles import bundle_path
+
+    folder = Path(name_or_folder)
+    return folder if (folder / "configs").is_dir() else bundle_path(str(name_or_folder))
+
+
+class BundleCommands:
+    """MONAI bundles as the model zoo takes them (see docs/bundles.md)."""
+
+    def verify(
+        self,
+        bundle: str,
+        schema: str | None = None,
+        mode: str = "full",
+        model_info: str | None = None,
+        device: str = "cpu",
+    ) -> None:
+        """Run the model zoo's checks (ci/verify_bundle.py) on a bundle and print a pass/fail table; exit 1 on a fail.
+
+        Args:
+            bundle: a shipped bundle's name (oct_ddpm, ...) or a bundle folder.
+            schema: the metadata schema file (meta_schema_20240725.json); without it that check is n/a (nothing is
+                downloaded).
+            mode: "min" (files, large files, version, schema) or "full" (also network shapes, TorchScript, weights).
+            model_info: the model zoo's model_info.json, to refuse a version that is released already.
+            device: where the network checks run.
+        """
+        from medicraft_monai.networks.verification import format_checks, verify_bundle
+
+        folder = _bundle_folder(bundle)
+        checks = verify_bundle(folder, schema=schema, mode=mode, model_info=model_info, device=device)
+        print(format_checks(folder.name, checks))
+        if not all(c.passed for c in checks):
+            sys.exit(1)
 
 
 def _write_accepted(result: dict, reviews: str) -> None:

@@ -18,23 +18,29 @@ from medicraft_monai.networks.checkpoint import (
     read_checkpoint,
 )
 from medicraft_monai.networks.verification import (
+    BundleCheck,
     example_network_inputs,
+    format_checks,
     randomise_zero_weights,
+    verify_bundle,
     verify_bundle_network,
 )
 
 __all__ = [
+    "BundleCheck",
     "BundleNetwork",
     "CheckpointError",
     "bundle_parser",
     "bundle_preprocessing",
     "configured_class_names",
     "example_network_inputs",
+    "format_checks",
     "latest_checkpoint",
     "load_bundle_network",
     "load_state_dict",
     "load_weights",
     "randomise_zero_weights",
     "read_checkpoint",
+    "verify_bundle",
     "verify_bundle_network",
 ]
