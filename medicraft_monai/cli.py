@@ -41,7 +41,7 @@ class MedicraftCLI:
     """medicraft_monai: multiply small OCT data sets with class-conditioned diffusion models.
 
     Commands: phantom, datalist, multiply, evaluate, label_efficiency, demo, info; label app_dir; review export;
-    bundle verify.
+    bundle verify, pack.
     """
 
     def __init__(self) -> None:
@@ -474,6 +474,23 @@ class BundleCommands:
         print(format_checks(folder.name, checks))
         if not all(c.passed for c in checks):
             sys.exit(1)
+
+    def pack(self, bundle: str, output_dir: str, overwrite: bool = False, source: str | None = None) -> None:
+        """Write a bundle's release archive <name>_v<version>.zip and its model_info.json entry (MD5 checksum).
+
+        Install it with ``python -m monai.bundle download --name NAME --url file:///.../NAME_vX.zip``.
+
+        Args:
+            bundle: a shipped bundle's name (oct_ddpm, ...) or a bundle folder.
+            output_dir: where the archive and model_info.json go.
+            overwrite: replace an existing archive of the same name and version.
+            source: the URL the archive will be published at (default: its path), for model_info.json.
+        """
+        from medicraft_monai.networks.release import pack_bundle
+
+        packed = pack_bundle(_bundle_folder(bundle), output_dir, overwrite=overwrite, source=source)
+        print(f"{packed['archive']} ({len(packed['files'])} files, md5 {packed['checksum']})")
+        print(f"{packed['model_info']}: entry {packed['entry']}")
 
 
 def _write_accepted(result: dict, reviews: str) -> None:

@@ -1,0 +1,140 @@
+"""Release archives of a bundle (``medicraft bundle pack``), installed with MONAI's own ``monai.bundle.download``.
+
+The archive is packed from a copy of the classifier bundle holding weights of its own network and the clutter a run
+leaves (logs, training checkpoints, outputs, ``__pycache__``); MONAI's ``download(url=file://...)`` installs it into
+an empty folder, the checksum of ``model_info.json`` is checked with MONAI's ``check_hash``, and the installed bundle
+classifies real OCT B-scans through ``monai.bundle.ConfigWorkflow`` with no other change than the data.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from monai.apps.utils import check_hash
+from monai.bundle import ConfigWorkflow, download
+
+from medicraft_monai.bundles import config_files
+from medicraft_monai.data import build_datalist, write_datalist
+from medicraft_monai.networks import bundle_parser
+from medicraft_monai.networks.release import pack_bundle
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:parsing config_file"),  # monai.bundle's trust notice
+    pytest.mark.filterwarnings("ignore:No hash value provided"),  # download(url=...) takes no hash: checked after
+]
+
+
+def medicraft(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "medicraft_monai.cli", *args], capture_output=True, text=True)
+
+
+@pytest.fixture
+def bundle(tmp_path: Path) -> Path:
+    """A copy of oct_classifier with weights of its own network for the 4 OCT2017 classes (the classes come from
+    the datalist it classifies), and what training and a run leave."""
+    root = Path(shutil.copytree(REPO / "bundles" / "oct_classifier", tmp_path / "src" / "oct_classifier"))
+    torch.manual_seed(0)
+    network = bundle_parser(root, overrides={"class_names": ["CNV", "DME", "DRUSEN", "NORMAL"]}).get_parsed_content(
+        "network_def"
+    )
+    torch.save(network.state_dict(), root / "models" / "model.pt")
+    clutter = ["logs/events.out.tfevents.1", "models/training/checkpoint_iteration=4.pt", "predictions/a.csv"]
+    clutter += ["models/checkpoint_final_iteration=4.pt", "scripts/__pycache__/x.pyc", "configs/.inference.json.swp"]
+    for rel in clutter:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"not for release")
+    return root
+
+
+def test_pack_writes_the_zoo_archive_and_its_model_info_entry(bundle: Path, tmp_path: Path) -> None:
+    out = tmp_path / "release"
+    (out / "model_info.json").parent.mkdir()
+    (out / "model_info.json").write_text(json.dumps({"other_v1.0.0": {"checksum": "x", "source": "y"}}))
+    packed = pack_bundle(bundle, out, source="https://example.org/oct_classifier_v0.2.0.zip")
+    version = json.loads((bundle / "configs" / "metadata.json").read_text())["version"]
+    archive = out / f"oct_classifier_v{version}.zip"
+    assert packed["archive"] == archive and archive.is_file()
+    names = zipfile.ZipFile(archive).namelist()
+    assert all(n.startswith("oct_classifier/") for n in names), names
+    wanted = {"LICENSE", "configs/metadata.json", "configs/inference.json", "docs/README.md", "models/model.pt"}
+    assert wanted <= {n.removeprefix("oct_classifier/") for n in names}
+    for unwanted in ("logs/", "training/", "predictions/", "checkpoint_", "__pycache__", ".swp", ".gitkeep"):
+        assert not [n for n in names if unwanted in n], (unwanted, names)
+    info = json.loads((out / "model_info.json").read_text())
+    assert info[f"oct_classifier_v{version}"] == {
+        "checksum": packed["checksum"],
+        "source": "https://example.org/oct_classifier_v0.2.0.zip",
+    }
+    assert "other_v1.0.0" in info, "the other entries of model_info.json are kept"
+    assert check_hash(archive, packed["checksum"], "md5")
+    # the same files give the same bytes: a repacked archive has the same checksum
+    assert pack_bundle(bundle, tmp_path / "again")["checksum"] == packed["checksum"]
+
+
+def test_pack_refuses_to_overwrite_an_archive_and_names_it(bundle: Path, tmp_path: Path) -> None:
+    out = tmp_path / "release"
+    first = medicraft("bundle", "pack", str(bundle), "--output_dir", str(out))
+    assert first.returncode == 0, first.stderr
+    archive = next(out.glob("*.zip"))
+    archive.write_bytes(b"a user's file")
+    again = medicraft("bundle", "pack", str(bundle), "--output_dir", str(out))
+    assert again.returncode == 2 and f"{archive}: exists already; give --overwrite" in again.stderr, again.stderr
+    assert "Traceback" not in again.stderr and archive.read_bytes() == b"a user's file"
+    forced = medicraft("bundle", "pack", str(bundle), "--output_dir", str(out), "--overwrite")
+    assert forced.returncode == 0 and zipfile.is_zipfile(archive), forced.stderr
+
+
+def test_pack_checks_its_arguments_before_writing(bundle: Path, tmp_path: Path) -> None:
+    inside = medicraft("bundle", "pack", str(bundle), "--output_dir", str(bundle / "release"))
+    assert inside.returncode == 2 and "inside the bundle" in inside.stderr and not (bundle / "release").exists()
+    out = tmp_path / "release"
+    out.mkdir()
+    (out / "model_info.json").write_text("{not json")
+    bad = medicraft("bundle", "pack", str(bundle), "--output_dir", str(out))
+    assert bad.returncode == 2 and f"{out / 'model_info.json'}: not a model_info JSON file" in bad.stderr
+    assert not list(out.glob("*.zip")) and (out / "model_info.json").read_text() == "{not json"
+    meta = bundle / "configs" / "metadata.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "version": ""}))
+    no_version = medicraft("bundle", "pack", str(bundle), "--output_dir", str(tmp_path / "x"))
+    assert no_version.returncode == 2 and f"{meta}: states no 'version'" in no_version.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_monai_installs_the_archive_and_runs_its_inference(bundle: Path, tmp_path: Path, oct2017_dir: Path) -> None:
+    packed = pack_bundle(bundle, tmp_path / "release")
+    installed_dir = tmp_path / "installed"
+    installed_dir.mkdir()
+    # MONAI's own installer, its url source, a local file: nothing of medicraft_monai in the way
+    download(name="oct_classifier", url=packed["archive"].as_uri(), bundle_dir=installed_dir, progress=False)
+    installed = installed_dir / "oct_classifier"
+    assert check_hash(installed_dir / "oct_classifier.zip", packed["checksum"], "md5")
+    assert sorted(p.relative_to(installed).as_posix() for p in installed.rglob("*") if p.is_file()) == sorted(
+        packed["files"]
+    )
+    assert (installed / "models" / "model.pt").read_bytes() == (bundle / "models" / "model.pt").read_bytes()
+
+    full = build_datalist(oct2017_dir, check_images=False)
+    tiny = {**{k: v for k, v in full.items() if k not in ("training", "validation")}, "test": full["test"][:2]}
+    datalist = write_datalist(tmp_path / "datalist.json", tiny)
+    flow = ConfigWorkflow(
+        config_file=[str(p) for p in config_files(installed, "inference.json")],
+        meta_file=str(installed / "configs" / "metadata.json"),
+        logging_file=str(installed / "configs" / "logging.conf"),
+        workflow_type="infer",
+        bundle_root=str(installed),
+        datalist=str(datalist),
+    )
+    flow.initialize()
+    flow.run()
+    flow.finalize()
+    written = [p for p in (installed / "predictions").rglob("*") if p.is_file()]
+    text = "\n".join(p.read_text() for p in written if p.suffix in (".csv", ".json"))
+    assert all(Path(it["image"]).name in text for it in tiny["test"]), written
