@@ -41,7 +41,7 @@ class MedicraftCLI:
     """medicraft_monai: multiply small OCT data sets with class-conditioned diffusion models.
 
     Commands: phantom, datalist, multiply, evaluate, label_efficiency, demo, info; label app_dir; review export;
-    bundle verify, pack.
+    bundle verify, pack, export.
     """
 
     def __init__(self) -> None:
@@ -446,6 +446,15 @@ def _bundle_folder(name_or_folder: str) -> Path:
     return folder if (folder / "configs").is_dir() else bundle_path(str(name_or_folder))
 
 
+def _json_words(value):
+    """Fire reads JSON's ``true``/``false``/``null`` inside a list or dict as text; make them the values."""
+    if isinstance(value, dict):
+        return {k: _json_words(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_words(v) for v in value]
+    return {"true": True, "false": False, "null": None}.get(value, value) if isinstance(value, str) else value
+
+
 class BundleCommands:
     """MONAI bundles as the model zoo takes them (see docs/bundles.md)."""
 
@@ -491,6 +500,40 @@ class BundleCommands:
         packed = pack_bundle(_bundle_folder(bundle), output_dir, overwrite=overwrite, source=source)
         print(f"{packed['archive']} ({len(packed['files'])} files, md5 {packed['checksum']})")
         print(f"{packed['model_info']}: entry {packed['entry']}")
+
+    def export(
+        self,
+        ckpt_path: str,
+        output_dir: str,
+        bundle: str = "oct_ddpm",
+        override: str | dict | Sequence[str] | None = None,
+        version: str = "0.1.0",
+        overwrite: bool = False,
+        **settings,
+    ) -> None:
+        """Make trained weights a self-contained bundle: configs with the settings they were trained with, the
+        weights, diffusion.json, metadata and a model card, so nothing needs to be overridden to use them.
+
+        ``medicraft bundle export --from oct_ddpm --ckpt_path demo_output/model/model.pt --output_dir my_oct_ddpm
+        --channels "[32,64,64]" --image_size "[64,128]"`` (settings as ``--KEY VALUE``, as ``python -m monai.bundle
+        run`` takes them, or ``--override KEY=VALUE`` / ``--override '{"KEY": VALUE, ...}'``).
+
+        Args:
+            ckpt_path: the trained weights (the model.pt training wrote; diffusion.json, latent.json and
+                autoencoder.pt beside it are copied too).
+            output_dir: the new bundle folder (new or empty).
+            bundle: the bundle trained (a shipped bundle's name or a folder); also ``--from``.
+            override: settings the weights were trained with, KEY=VALUE or a JSON object.
+            version: the new bundle's version.
+            overwrite: replace a bundle an earlier export wrote in output_dir.
+        """
+        from medicraft_monai.networks.release import export_bundle, parse_overrides
+
+        source = settings.pop("from", None) or bundle
+        given = _json_words({**parse_overrides(override), **settings})
+        made = export_bundle(_bundle_folder(source), ckpt_path, output_dir, given, version=version, overwrite=overwrite)
+        print(f"bundle written to {made['bundle_root']} ({len(made['files'])} files)")
+        print(f"use it: medicraft multiply DATALIST OUTPUT_DIR --bundle_root {made['bundle_root']}")
 
 
 def _write_accepted(result: dict, reviews: str) -> None:

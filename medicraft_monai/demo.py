@@ -361,19 +361,29 @@ def run_demo(
         weights_path = _train(bundle, datalist_path, class_names, out, s)
         files["model"] = str(weights_path)
         files["TensorBoard logs"] = str(out / "logs")
+        # the trained model as a bundle of its own: its configs hold the settings it was trained with
+        from medicraft_monai.networks.release import export_bundle
+
+        trained = export_bundle(
+            bundle,
+            weights_path,
+            out / "bundle",
+            {**s.network_overrides(), "class_names": class_names},
+            overwrite=True,
+        )["bundle_root"]
+        files["trained bundle"] = str(trained)
         _say("3/5 multiplying the training split: every class up to the largest")
         from medicraft_monai.synthesis import multiply
 
         result = multiply(
             datalist_path,
             out / "synthetic",
-            bundle_root=bundle,
+            bundle_root=trained,
             target="balance",
             seed=seed,
             num_inference_steps=s.sampling_steps,
             guidance_scale=s.guidance_scale,
-            ckpt_path=weights_path,
-            overrides={**s.network_overrides(), "class_names": class_names, **_fast_sampling()},
+            overrides=_fast_sampling(),
             device="cpu",
         )
         combined = load_datalist(result["datalist_combined"])

@@ -16,16 +16,20 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import test_oct_ddpm as ddpm
 import torch
 from monai.apps.utils import check_hash
 from monai.bundle import ConfigWorkflow, download
+from test_bundle_metadata import SCHEMA
+from test_zoo_smoke import CLASSES, workflow
 
 from medicraft_monai.bundles import config_files
 from medicraft_monai.data import build_datalist, write_datalist
-from medicraft_monai.networks import bundle_parser
-from medicraft_monai.networks.release import pack_bundle
+from medicraft_monai.networks import bundle_parser, verify_bundle
+from medicraft_monai.networks.release import pack_bundle, parse_overrides
 
 REPO = Path(__file__).resolve().parents[1]
+datalist = ddpm.datalist  # the fixture: 2 training and 1 validation real B-scan per OCT2017 class
 pytestmark = [
     pytest.mark.filterwarnings("ignore:parsing config_file"),  # monai.bundle's trust notice
     pytest.mark.filterwarnings("ignore:No hash value provided"),  # download(url=...) takes no hash: checked after
@@ -123,14 +127,14 @@ def test_monai_installs_the_archive_and_runs_its_inference(bundle: Path, tmp_pat
 
     full = build_datalist(oct2017_dir, check_images=False)
     tiny = {**{k: v for k, v in full.items() if k not in ("training", "validation")}, "test": full["test"][:2]}
-    datalist = write_datalist(tmp_path / "datalist.json", tiny)
+    tiny_list = write_datalist(tmp_path / "datalist.json", tiny)
     flow = ConfigWorkflow(
         config_file=[str(p) for p in config_files(installed, "inference.json")],
         meta_file=str(installed / "configs" / "metadata.json"),
         logging_file=str(installed / "configs" / "logging.conf"),
         workflow_type="infer",
         bundle_root=str(installed),
-        datalist=str(datalist),
+        datalist=str(tiny_list),
     )
     flow.initialize()
     flow.run()
@@ -138,3 +142,101 @@ def test_monai_installs_the_archive_and_runs_its_inference(bundle: Path, tmp_pat
     written = [p for p in (installed / "predictions").rglob("*") if p.is_file()]
     text = "\n".join(p.read_text() for p in written if p.suffix in (".csv", ".json"))
     assert all(Path(it["image"]).name in text for it in tiny["test"]), written
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# a trained model is a bundle: medicraft bundle export
+# --------------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_ddpm(datalist: Path, tmp_path_factory) -> Path:
+    """oct_ddpm trained one tiny epoch on real B-scans with network overrides (as the demo trains it)."""
+    root = tmp_path_factory.mktemp("trained")
+    workflow(
+        "oct_ddpm",
+        "train.json",
+        "train",
+        root,
+        datalist=str(datalist),
+        **ddpm.TINY_NET,
+        **ddpm.TINY_TRAIN,
+        max_epochs=1,
+        ckpt_dir=str(root / "model"),
+    )
+    return root / "model" / "model.pt"
+
+
+def test_export_makes_a_bundle_that_runs_with_no_overrides(tiny_ddpm: Path, datalist: Path, tmp_path: Path) -> None:
+    new = tmp_path / "my_oct_ddpm"
+    made = medicraft(
+        "bundle", "export", "--from", "oct_ddpm", "--ckpt_path", str(tiny_ddpm), "--output_dir", str(new),
+        "--override", json.dumps(ddpm.TINY_NET), "--version", "1.0.0",
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    common = json.loads((new / "configs" / "common.json").read_text())
+    assert {k: common[k] for k in ddpm.TINY_NET} == ddpm.TINY_NET
+    assert (new / "models" / "model.pt").read_bytes() == tiny_ddpm.read_bytes()
+    assert json.loads((new / "models" / "diffusion.json").read_text()) == json.loads(
+        (tiny_ddpm.parent / "diffusion.json").read_text()
+    )
+    meta = json.loads((new / "configs" / "metadata.json").read_text())
+    assert meta["version"] == "1.0.0" and "exported from oct_ddpm" in meta["changelog"]["1.0.0"]
+    labels = meta["network_data_format"]["inputs"]["class_labels"]["channel_def"]
+    assert [labels[str(i)] for i in range(4)] == CLASSES and "null" in labels["4"]
+    assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == ddpm.TINY_NET["image_size"]
+    card = (new / "docs" / "README.md").read_text()
+    for heading in ("## Intended use", "## Data", "## Training", "## How to run", "## Limitations", "## Changelog"):
+        assert heading in card, heading
+    # the model zoo's checks hold for it: the metadata tells the truth about the exported configs and weights
+    checks = verify_bundle(new, schema=SCHEMA)
+    assert all(c.status == "pass" for c in checks), checks
+
+    # python -m monai.bundle run, with the bundle's own configs and nothing else
+    configs = [str(new / "configs" / "common.json"), str(new / "configs" / "inference.json")]
+    run = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--bundle_root", str(new), "--config_file", repr(configs)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert sorted(p.parent.name for p in (new / "synthetic").rglob("*.png")) == sorted(CLASSES * 4)
+    # medicraft multiply --bundle_root: the user's options only
+    out = tmp_path / "multiplied"
+    mult = medicraft(
+        "multiply", str(datalist), str(out), "--bundle_root", str(new), "--target", "multiply:2",
+        "--num_inference_steps", "2", "--device", "cpu", "--noprogress",
+    )  # fmt: skip
+    assert mult.returncode == 0, mult.stderr[-3000:]
+    synthetic = json.loads((out / "datalist_synthetic.json").read_text())["training"]
+    real = json.loads(datalist.read_text())["training"]
+    assert sorted({it["label"] for it in synthetic}) == [0, 1, 2, 3] and len(synthetic) == len(real)  # doubled
+
+
+def test_export_checks_its_arguments_before_writing(tiny_ddpm: Path, tmp_path: Path) -> None:
+    new = tmp_path / "my_oct_ddpm"
+    base = ["bundle", "export", "--from", "oct_ddpm", "--ckpt_path", str(tiny_ddpm), "--output_dir", str(new)]
+    unknown = medicraft(*base, "--override", json.dumps({**ddpm.TINY_NET, "learning_rate": 0.1}))
+    assert unknown.returncode == 2 and "common.json: defines no learning_rate" in unknown.stderr, unknown.stderr
+    partial = medicraft(*base, "--channels", "[8,16]")  # the other settings it was trained with are missing
+    assert partial.returncode == 2 and "do not build network_def" in partial.stderr, partial.stderr
+    misfit = medicraft(*base, "--override", json.dumps({**ddpm.TINY_NET, "channels": [16, 16]}))
+    assert misfit.returncode == 2 and str(tiny_ddpm) in misfit.stderr and "does not fit" in misfit.stderr
+    assert "Traceback" not in partial.stderr + misfit.stderr
+    missing = medicraft(*base[:5], str(tmp_path / "none.pt"), *base[6:])
+    assert missing.returncode == 2 and "none.pt" in missing.stderr
+    assert not new.exists(), "nothing is written before the arguments are checked"
+    new.mkdir()
+    (new / "notes.txt").write_text("a user's file")
+    taken = medicraft(*base, "--override", json.dumps(ddpm.TINY_NET), "--overwrite")
+    assert taken.returncode == 2 and "not written by an export" in taken.stderr
+    assert (new / "notes.txt").read_text() == "a user's file"
+    (new / "notes.txt").unlink()
+    assert medicraft(*base, "--override", json.dumps(ddpm.TINY_NET)).returncode == 0
+    again = medicraft(*base, "--override", json.dumps(ddpm.TINY_NET))
+    assert again.returncode == 2 and "give --overwrite" in again.stderr
+    assert medicraft(*base, "--override", json.dumps(ddpm.TINY_NET), "--overwrite").returncode == 0
+
+
+def test_override_texts_are_read_as_values() -> None:
+    parsed = parse_overrides(["channels=[8,16]", "use_flash_attention=false", "class_names=['A','B']", "x=text"])
+    assert parsed == {"channels": [8, 16], "use_flash_attention": False, "class_names": ["A", "B"], "x": "text"}
+    with pytest.raises(ValueError, match="must be key=value"):
+        parse_overrides("channels")

@@ -49,6 +49,10 @@ def test_quick_demo_synthesises_multiplies_and_reports(tmp_path: Path) -> None:
     grid, _ = read_bscan(out / "samples.png")
     assert grid.shape[0] > 3 * 100  # three rows of tiles
     assert (out / "model" / "model.pt").is_file()
+    # the trained model is a bundle of its own, holding the settings it was trained with (multiply sampled from it)
+    exported = json.loads((out / "bundle" / "configs" / "common.json").read_text())
+    assert exported["class_names"] == list(before) and exported["channels"] == [8, 16], exported
+    assert (out / "bundle" / "models" / "model.pt").read_bytes() == (out / "model" / "model.pt").read_bytes()
     # the demo ends with the evaluation of its synthetic images, and its report points there
     metrics = json.loads((out / "evaluation" / "metrics.json").read_text())
     assert {"utility", "fidelity", "diversity", "privacy", "anatomy"} <= set(metrics)
