@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import test_oct_ddpm as ddpm
+import test_oct_ldm as ldm
 import torch
 from monai.apps.utils import check_hash
 from monai.bundle import ConfigWorkflow, download
@@ -26,7 +27,7 @@ from test_zoo_smoke import CLASSES, workflow
 from medicraft_monai.bundles import config_files
 from medicraft_monai.data import build_datalist, write_datalist
 from medicraft_monai.networks import bundle_parser, verify_bundle
-from medicraft_monai.networks.release import pack_bundle, parse_overrides
+from medicraft_monai.networks.release import export_bundle, pack_bundle, parse_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 datalist = ddpm.datalist  # the fixture: 2 training and 1 validation real B-scan per OCT2017 class
@@ -240,3 +241,34 @@ def test_override_texts_are_read_as_values() -> None:
     assert parsed == {"channels": [8, 16], "use_flash_attention": False, "class_names": ["A", "B"], "x": "text"}
     with pytest.raises(ValueError, match="must be key=value"):
         parse_overrides("channels")
+
+
+def test_export_of_a_latent_model_carries_the_autoencoder_and_latent_shapes(datalist: Path, tmp_path: Path) -> None:
+    trained = tmp_path / "trained"
+    common = {"datalist": str(datalist), **ldm.TINY_AE, "max_epochs": 1}
+    workflow("oct_ldm", "train_autoencoder.json", "train", trained, **common, **ldm.AE_TRAIN)
+    workflow("oct_ldm", "train.json", "train", trained, **common, **ldm.TINY_UNET, **ldm.DIFF_TRAIN)
+    new = tmp_path / "my_oct_ldm"
+    made = export_bundle(
+        REPO / "bundles" / "oct_ldm", trained / "models" / "model.pt", new, {**ldm.TINY_AE, **ldm.TINY_UNET}
+    )
+    assert {"models/model.pt", "models/autoencoder.pt", "models/latent.json", "models/diffusion.json"} <= set(
+        made["files"]
+    )
+    image = json.loads((new / "configs" / "metadata.json").read_text())["network_data_format"]["inputs"]["image"]
+    factor = 2 ** (len(ldm.TINY_AE["autoencoder_channels"]) - 1)
+    assert image["spatial_shape"] == [s // factor for s in ldm.TINY_AE["image_size"]]
+    assert image["num_channels"] == len(image["channel_def"]) == ldm.TINY_AE["latent_channels"]
+    checks = {c.name: c for c in verify_bundle(new, schema=SCHEMA)}
+    assert all(c.status == "pass" for c in checks.values()), checks
+    assert "models/autoencoder.pt -> autoencoder_def" in checks["weights"].detail
+    flow = ConfigWorkflow(  # inference from the exported bundle's own configs, no overrides
+        config_file=[str(p) for p in config_files(new, "inference.json")],
+        meta_file=str(new / "configs" / "metadata.json"),
+        workflow_type="infer",
+        bundle_root=str(new),
+    )
+    flow.initialize()
+    flow.run()
+    flow.finalize()
+    assert sorted({p.parent.name for p in (new / "synthetic").rglob("*.png")}) == CLASSES

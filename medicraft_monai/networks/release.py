@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import shutil
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -229,8 +230,11 @@ def _metadata_for(meta: dict[str, Any], parser: Any, source: Path, version: str,
     channels_key = "latent_channels" if "latent_channels" in parser else "in_channels"
     if channels_key in parser and image.get("num_channels"):
         image["num_channels"] = int(value(channels_key))
-        if pred.get("spatial_shape"):
-            pred["num_channels"] = image["num_channels"]
+        for where in (image, pred) if pred.get("spatial_shape") else (image,):
+            where["num_channels"] = image["num_channels"]
+            first = str(where.get("channel_def", {}).get("0", ""))
+            if len(where.get("channel_def", {})) > 1 and re.search(r"\b0$", first):  # "..., channel 0", "1", ...
+                where["channel_def"] = {str(i): re.sub(r"0$", str(i), first) for i in range(where["num_channels"])}
     if "class_names" in parser:
         names = [str(n) for n in value("class_names")]
         if "class_labels" in fmt["inputs"]:
