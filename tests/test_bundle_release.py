@@ -188,8 +188,9 @@ def test_export_makes_a_bundle_that_runs_with_no_overrides(tiny_ddpm: Path, data
     for heading in ("## Intended use", "## Data", "## Training", "## How to run", "## Limitations", "## Changelog"):
         assert heading in card, heading
     # the model zoo's checks hold for it: the metadata tells the truth about the exported configs and weights
-    checks = verify_bundle(new, schema=SCHEMA)
-    assert all(c.status == "pass" for c in checks), checks
+    checks = {c.name: c for c in verify_bundle(new, schema=SCHEMA)}
+    assert all(c.status == "pass" for c in checks.values()), checks
+    assert "diffusion.json matches the config" in checks["weights"].detail
 
     # python -m monai.bundle run, with the bundle's own configs and nothing else
     configs = [str(new / "configs" / "common.json"), str(new / "configs" / "inference.json")]
@@ -209,6 +210,12 @@ def test_export_makes_a_bundle_that_runs_with_no_overrides(tiny_ddpm: Path, data
     synthetic = json.loads((out / "datalist_synthetic.json").read_text())["training"]
     real = json.loads(datalist.read_text())["training"]
     assert sorted({it["label"] for it in synthetic}) == [0, 1, 2, 3] and len(synthetic) == len(real)  # doubled
+
+    # weights recorded with other classes than the config's fail the weights check, naming diffusion.json
+    record = json.loads((new / "models" / "diffusion.json").read_text())
+    (new / "models" / "diffusion.json").write_text(json.dumps({**record, "class_names": CLASSES[::-1]}))
+    weights = {c.name: c for c in verify_bundle(new, mode="full")}["weights"]
+    assert weights.status == "fail" and "diffusion.json" in weights.detail and "class_names" in weights.detail
 
 
 def test_export_checks_its_arguments_before_writing(tiny_ddpm: Path, tmp_path: Path) -> None:

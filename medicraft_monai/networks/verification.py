@@ -245,6 +245,8 @@ ZOO_PREFERRED_FILES: tuple[str, ...] = ("configs/inference.json", "models/model.
 
 #: config keys of the weights a bundle's inference config loads, and the network each one is loaded into
 _WEIGHT_KEYS = {"ckpt_path": "network_def", "autoencoder_ckpt_path": "autoencoder_def"}
+#: the settings a diffusion model was trained with, written next to its weights by training
+_DIFFUSION_RECORD = "diffusion.json"
 #: the names of a bundle's large-files list (the model zoo's ci/utils.py accepts these three)
 _LARGE_FILES = ("large_files.json", "large_files.yaml", "large_files.yml")
 
@@ -414,6 +416,15 @@ def _check_weights(root: Path) -> str:
         loaded.append(f"{rel} -> {net_id or 'readable'}")
     if not loaded:
         raise ValueError(f"{root}: no weights to load ({', '.join(bundle_weight_files(root))} missing)")
+    records = root / "models" / _DIFFUSION_RECORD
+    if records.is_file() and "diffusion_settings" in parser:
+        # the bundle's own check (the one sampling runs): the settings recorded at training are the config's
+        parser["_verify_diffusion_record"] = (
+            f"$medicraft_monai.engines.records.check_diffusion_settings(@ckpt_path, @diffusion_settings, "
+            f"settings_file={str(records)!r}, use='is configured with')"
+        )
+        parser.get_parsed_content("_verify_diffusion_record")
+        loaded.append(f"{_DIFFUSION_RECORD} matches the config")
     return "; ".join(loaded)
 
 
@@ -472,7 +483,8 @@ def verify_bundle(
         except _NotApplicable as why:
             results.append(BundleCheck(name, "n/a", str(why)))
         except Exception as err:  # noqa: BLE001 - every failed check is reported, the others still run
-            results.append(BundleCheck(name, "fail", " ".join(str(err).split()) or type(err).__name__))
+            said = err.__cause__ if err.__cause__ is not None and "Failed to evaluate" in str(err) else err
+            results.append(BundleCheck(name, "fail", " ".join(str(said).split()) or type(said).__name__))
     return results
 
 
