@@ -63,7 +63,6 @@ AE_TRAIN = {
     **TINY_TRAIN,
     "ssim_kernel_size": 7,
     "msssim_kernel_size": 7,
-    "msssim_weights": [0.3, 0.4, 0.3],
     "disc_channels": 8,
     "recon_grid_images": 2,
     "adversarial": "true",
