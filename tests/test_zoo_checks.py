@@ -25,7 +25,8 @@ import torch
 from test_bundle_metadata import SCHEMA
 
 from medicraft_monai.networks import BundleCheck, bundle_parser, verify_bundle
-from medicraft_monai.networks.verification import bundle_weight_files, file_md5
+from medicraft_monai.networks.verification import bundle_weight_files
+from medicraft_monai.utils import file_digest
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES = sorted(p for p in (REPO / "bundles").iterdir() if (p / "configs" / "metadata.json").is_file())
@@ -174,7 +175,7 @@ def test_a_large_files_list_must_name_files_in_the_bundle_with_their_hash(copy: 
     weights = _save_network_weights(copy)
     entry = {"path": "models/model.pt", "url": "https://example.org/model.pt", "hash_type": "md5"}
     listing = copy / "large_files.json"
-    for value, ok in (("", False), ("0" * 32, False), (file_md5(weights), True)):
+    for value, ok in (("", False), ("0" * 32, False), (file_digest(weights, "md5"), True)):
         listing.write_text(json.dumps({"large_files": [{**entry, "hash_val": value}]}))
         found = _statuses(copy, mode="min")["large files"]
         assert found.passed is ok, (value, found)

@@ -23,8 +23,7 @@ from typing import Any
 from medicraft_monai.bundles import COMMON_CONFIG
 from medicraft_monai.networks.bundle import bundle_parser
 from medicraft_monai.networks.checkpoint import check_checkpoint_file, load_weights
-from medicraft_monai.networks.verification import file_md5
-from medicraft_monai.utils import atomic_write, file_sha256, write_json_atomic, write_text_atomic
+from medicraft_monai.utils import atomic_write, file_digest, file_sha256, write_json_atomic, write_text_atomic
 
 __all__ = [
     "BUNDLE_FOLDERS",
@@ -154,7 +153,7 @@ def pack_bundle(
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(archive, write)
-    checksum = file_md5(archive)
+    checksum = file_digest(archive, "md5")
     entry = f"{name}_v{version}"
     model_info[entry] = {"checksum": checksum, "source": source or str(archive)}
     write_json_atomic(info_path, model_info)

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import warnings
@@ -34,7 +33,6 @@ __all__ = [
     "BundleCheck",
     "bundle_weight_files",
     "example_network_inputs",
-    "file_md5",
     "format_checks",
     "randomise_zero_weights",
     "verify_bundle",
@@ -273,12 +271,6 @@ class BundleCheck:
     def passed(self) -> bool:
         """Whether the bundle passed (a check that does not apply is no failure)."""
         return self.status != "fail"
-
-
-def file_md5(path: str | PathLike) -> str:
-    """The MD5 hex digest of a file: the checksum the model zoo keeps for archives and large files."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "md5").hexdigest()
 
 
 def bundle_weight_files(bundle_root: str | PathLike) -> dict[str, str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from medicraft_monai.utils.files import (
     atomic_write,
+    file_digest,
     file_sha256,
     fsync_dir,
     save_torch_atomic,
@@ -19,6 +20,7 @@ from medicraft_monai.utils.switches import flag
 
 __all__ = [
     "atomic_write",
+    "file_digest",
     "file_sha256",
     "flag",
     "fsync_dir",

@@ -108,10 +108,12 @@ def save_torch_atomic(obj: Any, path: str | PathLike) -> Path:
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-def file_sha256(path: str | PathLike, chunk: int = 1 << 20) -> str:
-    """The SHA-256 hex digest of a file (model checksums in provenance records, data set checksums)."""
-    digest = hashlib.sha256()
+def file_digest(path: str | PathLike, algorithm: str = "sha256") -> str:
+    """The hex digest of a file with a :mod:`hashlib` algorithm (``"md5"``: the model zoo's archive checksum)."""
     with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, algorithm).hexdigest()
+
+
+def file_sha256(path: str | PathLike) -> str:
+    """The SHA-256 hex digest of a file (model checksums in provenance records, data set checksums)."""
+    return file_digest(path, "sha256")
