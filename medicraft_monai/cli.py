@@ -259,7 +259,10 @@ class MedicraftCLI:
             resize_mode: how real images reach the image size: fit (default, pad), crop (same field of view for
                 every scan width; use the generator's) or stretch.
             max_per_class: at most this many images per class and set (default 200).
-            feature_extractor: a TorchScript file or bundle folder (default: a classifier trained on the real data).
+            feature_extractor: "oct" (default: the fixed OCT extractor shipped in bundles/oct_synthesis_eval, the
+                same for every run, so Frechet distances compare across runs), "train" (a classifier trained here
+                on the real training split), "pixels", a TorchScript file or a bundle folder. The report names it
+                with the SHA-256 of its weights.
             seeds: seeds of the utility study (default 0,1,2).
             utility: train the TRTR/TSTR/TRTS/augmentation classifiers (--noutility to skip).
             anatomy: run the anatomical plausibility checks (--noanatomy to skip).

@@ -125,8 +125,18 @@ def test_fresh_eyes_are_not_flagged_and_the_report_has_every_section(phantom_set
 
 
 def test_an_interrupted_evaluation_resumes_and_a_changed_one_is_refused(phantom_sets, tmp_path, capsys) -> None:
+    """With ``feature_extractor="train"`` (a classifier trained on the real training split, the former default): the
+    report names the checkpoint trained here, and a resumed run reuses it."""
+    from medicraft_monai.utils import file_sha256
+
     out = tmp_path / "resume"
-    evaluate_synthesis(phantom_sets["real"], phantom_sets["fresh"], out, _settings(anatomy=False))
+    train = _settings(anatomy=False, feature_extractor="train")
+    m = evaluate_synthesis(phantom_sets["real"], phantom_sets["fresh"], out, train)
+    ckpt = out / "feature_extractor" / "models" / "model.pt"
+    feat = m["features"]
+    assert feat["spec"] == "train" and "trained here on the real training split" in feat["extractor"]
+    assert feat["file"] == str(ckpt.resolve()) and feat["sha256"] == file_sha256(ckpt)
+    trained = ckpt.stat().st_mtime_ns
     kept = out / "sections" / "fidelity.json"
     before = kept.stat().st_mtime_ns
     # a run that died after the fidelity section: later sections and the report are gone
@@ -134,15 +144,17 @@ def test_an_interrupted_evaluation_resumes_and_a_changed_one_is_refused(phantom_
         (out / "sections" / name).unlink()
     (out / "report.md").unlink()
     capsys.readouterr()
-    m = evaluate_synthesis(phantom_sets["real"], phantom_sets["fresh"], out, _settings(anatomy=False))
+    m = evaluate_synthesis(phantom_sets["real"], phantom_sets["fresh"], out, train)
     log = capsys.readouterr().out
     assert "fidelity: already done" in log and "privacy: already done" not in log
-    assert kept.stat().st_mtime_ns == before
+    assert kept.stat().st_mtime_ns == before and ckpt.stat().st_mtime_ns == trained  # nothing retrained
     assert (out / "report.md").is_file() and m["privacy"]["spaces"]["features"]["flagged"] is False
     with pytest.raises(EvaluationError, match="other inputs or settings"):
-        evaluate_synthesis(phantom_sets["real"], phantom_sets["copies"], out, _settings(anatomy=False))
+        evaluate_synthesis(phantom_sets["real"], phantom_sets["copies"], out, train)
+    with pytest.raises(EvaluationError, match="feature_extractor"):  # the fixed extractor's features differ
+        evaluate_synthesis(phantom_sets["real"], phantom_sets["fresh"], out, _settings(anatomy=False))
     # overwrite starts afresh
-    m2 = evaluate_synthesis(phantom_sets["real"], phantom_sets["copies"], out, _settings(anatomy=False), overwrite=True)
+    m2 = evaluate_synthesis(phantom_sets["real"], phantom_sets["copies"], out, train, overwrite=True)
     assert m2["privacy"]["flagged"] is True
 
 
@@ -201,7 +213,17 @@ def test_medicraft_evaluate_command(phantom_sets, tmp_path) -> None:
     ]  # fmt: skip
     proc = run_group(cmd, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads((out / "metrics.json").read_text())["privacy"]["flagged"] is True
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["privacy"]["flagged"] is True
+    # no --feature_extractor: the fixed extractor shipped in the evaluation bundle, named with its checksum
+    from medicraft_monai.utils import file_sha256
+
+    shipped = BUNDLE / "models" / "model.pt"
+    feat = metrics["features"]
+    assert feat["spec"] == "oct" and feat["file"] == str(shipped.resolve()) and feat["dimension"] == 1024
+    assert feat["sha256"] == file_sha256(shipped) and feat["input_size"] == [128, 256]
+    report = (out / "report.md").read_text()
+    assert "## Features" in report and f"`{feat['sha256']}`" in report and feat["extractor"] in report
     bad = run_group([*cmd[:4], str(tmp_path / "missing.json"), *cmd[5:]], timeout=120)
     assert bad.returncode == 2 and "missing.json" in bad.stderr and "Traceback" not in bad.stderr
 
@@ -240,7 +262,11 @@ def test_the_context_restoration_encoder_is_a_feature_extractor(phantom_sets, tm
         tmp_path / "ssl",
         _settings(feature_extractor=str(encoder), anatomy=False),
     )
-    assert m["features"]["extractor"] == str(encoder)
-    assert m["features"]["dimension"] == 32  # the encoder's deepest feature count
+    from medicraft_monai.utils import file_sha256
+
+    feat = m["features"]
+    assert feat["spec"] == str(encoder) and feat["extractor"] == "TorchScript encoder.ts"
+    assert feat["file"] == str(Path(encoder).resolve()) and feat["sha256"] == file_sha256(encoder)
+    assert feat["dimension"] == 32  # the encoder's deepest feature count
     assert not (tmp_path / "ssl" / "feature_extractor").exists()  # nothing was trained
     assert m["fidelity"]["overall"]["precision"] == 1.0 and m["privacy"]["spaces"]["features"]["flagged"] is True

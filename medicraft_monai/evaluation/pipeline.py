@@ -6,7 +6,9 @@
 - **utility**: classifiers trained and tested on real and synthetic data (TRTR, TSTR, TRTS, augmentation of an
   imbalanced real training set), several seeds;
 - **fidelity**: Frechet distance, KID, precision/recall and density/coverage in the feature space of an
-  OCT-trained network, and the SSIM of each synthetic image to its nearest real image;
+  OCT-trained network (by default the fixed one shipped in ``bundles/oct_synthesis_eval``, the same for every run;
+  the ``features`` section names it with the SHA-256 of its weights), and the SSIM of each synthetic image to its
+  nearest real image;
 - **diversity**: mean pairwise MS-SSIM within each class, synthetic beside real;
 - **privacy**: the memorisation audit (distance of each synthetic image to its nearest real training image against
   the real test-to-train distances), in feature and pixel space;
@@ -193,6 +195,8 @@ def evaluate_synthesis(
         "real_datalist": file_sha256(real_path),
         "synthetic_datalist": file_sha256(synth_path),
         "settings": s.to_dict() | {"progress": None},
+        # a changed extractor file changes every feature-space number: no resuming across it
+        "feature_extractor_sha256": given_extractor.checksum if given_extractor is not None else None,
     }
     sections = _Sections(out, identity)
     device = _resolve_device(s.device)
@@ -247,7 +251,12 @@ def evaluate_synthesis(
         _say(f"2/{n_steps} utility: skipped (utility=False)")
 
     # -- features ------------------------------------------------------------------------------------------------
-    _say(f"3/{n_steps} features for fidelity and privacy ({s.feature_extractor or 'OCT classifier trained here'})")
+    named = (
+        given_extractor.name
+        if given_extractor is not None
+        else "oct_classifier trained here on the real training split"
+    )
+    _say(f"3/{n_steps} features for fidelity and privacy: {named}")
     extractor, extractor_info = _feature_extractor(s, clf, class_names, train_items, out, device, given_extractor)
     from medicraft_monai.metrics.features import extract_features, pixel_features
 
@@ -364,32 +373,33 @@ def _utility(s, clf, class_names, train_items, test_items, synth_items, out: Pat
 
 
 def _given_feature_extractor(s: EvaluationSettings):
-    """The feature extractor the settings name, loaded (so checked), or ``None`` when one is trained here."""
-    from medicraft_monai.metrics.features import load_feature_extractor
+    """The feature extractor the settings name, loaded (so checked), or ``None`` when one is trained here
+    (``feature_extractor="train"``)."""
+    from medicraft_monai.metrics.features import TRAIN_EXTRACTOR, load_feature_extractor
 
-    spec = s.feature_extractor
-    return None if spec in (None, "", "auto") else load_feature_extractor(spec)
+    return None if s.feature_extractor == TRAIN_EXTRACTOR else load_feature_extractor(s.feature_extractor)
 
 
 def _feature_extractor(s, clf, class_names, train_items, out: Path, device: torch.device, given=None):
+    """The feature extractor on ``device`` and what the report says of it (:meth:`FeatureExtractor.describe`: name,
+    weights file and SHA-256, input size, resizing; ``spec``: the setting it came from)."""
     from medicraft_monai.metrics.features import FeatureExtractor
 
     if given is not None:
-        return given, {"extractor": str(s.feature_extractor)}
+        return given.to(device).eval(), given.describe() | {"spec": str(s.feature_extractor)}
     from medicraft_monai.evaluation.utility import train_classifier
 
     folder = out / "feature_extractor"
-    ckpt = folder / "model.pt"
+    ckpt = folder / "models" / "model.pt"  # where train_classifier writes it: a resumed run reuses it
     if not ckpt.is_file():
         ckpt = Path(train_classifier(train_items, class_names, clf, seed=s.seed, output_dir=folder))
     extractor = FeatureExtractor.from_bundle(
-        clf.bundle_root, ckpt_path=ckpt, overrides={**clf.bundle_overrides(), "class_names": list(class_names)}
+        clf.bundle_root,
+        ckpt_path=ckpt,
+        overrides={**clf.bundle_overrides(), "class_names": list(class_names)},
+        name=f"oct_classifier trained here on the real training split (seed {s.seed})",
     )
-    return extractor.to(device).eval(), {
-        "extractor": "OCT classifier trained on the real training split",
-        "checkpoint": str(ckpt),
-        "bundle": str(clf.bundle_root),
-    }
+    return extractor.to(device).eval(), extractor.describe() | {"spec": str(s.feature_extractor)}
 
 
 def _per_class(fn: Callable[..., dict], class_names, a, ya, b, yb, min_n: int = 2) -> dict[str, Any]:

@@ -242,6 +242,38 @@ def _utility(m: Mapping[str, Any], out: Path) -> list[str]:
     return lines
 
 
+def _features(m: Mapping[str, Any]) -> list[str]:
+    """The feature extractor of the fidelity and privacy numbers: which network, which file (by its SHA-256)."""
+    feat = m.get("features")
+    if not feat:
+        return []
+    size = feat.get("input_size")
+    rows = [
+        ["extractor", feat.get("extractor", "n/a")],
+        ["setting", f"`{feat.get('spec', 'n/a')}`"],
+        ["weights file", f"`{feat['file']}`" if feat.get("file") else "none (no learned weights)"],
+        ["SHA-256", f"`{feat['sha256']}`" if feat.get("sha256") else "n/a"],
+        ["dimension", _f(feat.get("dimension"))],
+        [
+            "input",
+            f"{size[0]} x {size[1]} ({feat.get('resize_mode')} from the comparison size), intensities "
+            f"{feat.get('input_range')}"
+            if size
+            else "the comparison size",
+        ],
+    ]
+    lines = [
+        "## Features",
+        "",
+        "The Frechet distance, KID, precision/recall, density/coverage and the feature-space privacy audit are "
+        "measured in the feature space of this network. Numbers compare across runs only when the SHA-256 is the same.",
+        "",
+        "| | |",
+        "| --- | --- |",
+    ]
+    return lines + [f"| {k} | {v} |" for k, v in rows] + [""]
+
+
 def _fidelity(m: Mapping[str, Any]) -> list[str]:
     fid = m.get("fidelity")
     if not fid:
@@ -257,7 +289,8 @@ def _fidelity(m: Mapping[str, Any]) -> list[str]:
     lines = [
         "## Fidelity: do the synthetic images look like real ones?",
         "",
-        f"Features: {feat.get('extractor', 'n/a')} ({feat.get('dimension', '?')} dimensions). Per-class rows compare "
+        f"Features: {feat.get('extractor', 'n/a')} ({feat.get('dimension', '?')} dimensions, SHA-256 "
+        f"{str(feat.get('sha256') or 'n/a')[:12]}; see Features). Per-class rows compare "
         "a class's synthetic images with its real training images; small sets inflate the Frechet distance.",
         "",
     ]
@@ -416,6 +449,7 @@ def write_report(output_dir: str | PathLike, metrics: Mapping[str, Any]) -> Path
     lines += ["## Samples", "", "Each pair of rows is a class: real training images, then synthetic ones.", ""]
     lines += ["![real and synthetic B-scans](figures/samples.png)", ""]
     lines += _utility(metrics, out)
+    lines += _features(metrics)
     lines += _fidelity(metrics)
     lines += _diversity(metrics, out)
     lines += _privacy(metrics, out)

@@ -28,9 +28,12 @@ class EvaluationSettings:
             view for every scan width; use the mode the generator was trained with) or ``"stretch"``.
         max_per_class: at most this many images per class and per set (seeded choice); ``None``: all.
         feature_extractor: the network whose features the Frechet distance, KID, precision/recall and the
-            feature-space privacy audit use: a TorchScript file, a bundle folder (its ``configs/inference.json``
-            network and ``models/model.pt``), or ``None``/"auto" for the classifier trained on the real training
-            split by the utility study (seed ``seed``), an OCT-trained network that needs no download.
+            feature-space privacy audit use. ``"oct"`` (the default; ``None`` and ``"auto"`` mean the same): the
+            fixed OCT extractor shipped in ``bundles/oct_synthesis_eval/models/model.pt``, the same file for every
+            user, run and data set, so its numbers compare across them; ``"train"``: the ``oct_classifier`` bundle
+            trained here on the real training split (seed ``seed``; numbers comparable within one run only);
+            ``"pixels"``: down-sampled pixels; or a TorchScript file or a bundle folder (its ``network_def`` and
+            ``models/model.pt``). The report names the extractor and the SHA-256 of its weights.
         utility: run the train/test utility study (TRTR, TSTR, TRTS, augmentation); it trains classifiers.
         utility_seeds: seeds of the utility study (mean and spread over them).
         imbalance: class -> fraction of its real training images kept for the augmentation experiment (minority
@@ -58,7 +61,7 @@ class EvaluationSettings:
     crop_height: int | None = 256
     resize_mode: str = "fit"
     max_per_class: int | None = 200
-    feature_extractor: str | None = None
+    feature_extractor: str | None = "oct"
     utility: bool = True
     utility_seeds: tuple[int, ...] = (0, 1, 2)
     imbalance: Mapping[str, float] | str | None = "auto"
@@ -82,6 +85,11 @@ class EvaluationSettings:
 
         # "--utility false" on a bundle command line is the string "false"
         self.utility, self.anatomy, self.progress = flag(self.utility), flag(self.anatomy), flag(self.progress)
+        if self.feature_extractor in (None, "", "auto"):
+            from medicraft_monai.metrics.features import DEFAULT_EXTRACTOR
+
+            self.feature_extractor = DEFAULT_EXTRACTOR
+        self.feature_extractor = str(self.feature_extractor)
         if self.anatomy_profile not in ANATOMY_PROFILES:
             raise ValueError(f"anatomy_profile must be one of {ANATOMY_PROFILES}, got {self.anatomy_profile!r}")
         if self.image_size is not None:

@@ -8,10 +8,16 @@ The usual Inception-v3 features come from ImageNet photographs and a download; n
   last linear layer), a MONAI ``ResNet`` (everything before ``fc``), a module with an ``encoder`` attribute (for
   example a self-supervised encoder-decoder), otherwise the module itself;
 - :meth:`FeatureExtractor.from_torchscript`: a TorchScript file mapping images to features or maps;
-- :meth:`FeatureExtractor.from_bundle`: a MONAI bundle folder (``configs/inference.json`` ``network_def`` plus
-  ``models/model.pt``), by default ``bundles/oct_classifier``.
+- :meth:`FeatureExtractor.from_bundle`: a MONAI bundle folder (``network_def`` of ``configs/inference.json`` on
+  ``configs/common.json``, plus ``models/model.pt``).
 
-:func:`load_feature_extractor` picks the right constructor for a module, a path or a bundle folder.
+The default, :data:`DEFAULT_EXTRACTOR` (``"oct"``), is the **fixed** OCT feature extractor shipped as
+``bundles/oct_synthesis_eval/models/model.pt`` (:data:`DEFAULT_BUNDLE`): the DenseNet121 trunk of the trained
+``oct_classifier`` (1024 features at 128 x 256). Being the same file for every user, run and data set, it makes a
+Frechet distance, KID or precision/recall mean the same number everywhere, as Inception does for FID; its SHA-256
+is recorded with every result (:meth:`FeatureExtractor.describe`).
+
+:func:`load_feature_extractor` picks the right constructor for a module, a path, a bundle folder or a name.
 :func:`pixel_features` (down-sampled, flattened pixels) is the pixel space of the memorisation audit; it is not
 a substitute for learned features in the Frechet distance.
 """
@@ -29,9 +35,13 @@ from torch import nn
 from tqdm import tqdm
 
 from medicraft_monai.bundles import bundle_path
+from medicraft_monai.utils import file_sha256
 
 __all__ = [
     "DEFAULT_BUNDLE",
+    "DEFAULT_EXTRACTOR",
+    "RESIZE_MODES",
+    "TRAIN_EXTRACTOR",
     "FeatureExtractor",
     "PixelFeatures",
     "extract_features",
@@ -39,8 +49,19 @@ __all__ = [
     "pixel_features",
 ]
 
-#: The default feature extractor: the shipped OCT classifier bundle (trained on OCT, no download).
-DEFAULT_BUNDLE = bundle_path("oct_classifier")
+#: The bundle that ships the fixed OCT feature extractor (its ``network_def`` and ``models/model.pt``).
+DEFAULT_BUNDLE = bundle_path("oct_synthesis_eval")
+
+#: The name of the default feature extractor: the fixed one of :data:`DEFAULT_BUNDLE`.
+DEFAULT_EXTRACTOR = "oct"
+
+#: The name that asks the evaluation to train its feature network on the user's real training split
+#: (:func:`medicraft_monai.evaluation.evaluate_synthesis`; it needs the data, so :func:`load_feature_extractor`
+#: cannot make it).
+TRAIN_EXTRACTOR = "train"
+
+#: How a batch of another size reaches the extractor's input size (:class:`~medicraft_monai.transforms.OCTResize`).
+RESIZE_MODES = ("stretch", "crop", "fit")
 
 _PROGRESS_MIN_BATCHES = 4
 
@@ -79,10 +100,16 @@ def _densenet_trunk(net: nn.Module) -> nn.Module:
 class FeatureExtractor(nn.Module):
     """Map a ``(B, 1, H, W)`` batch of B-scans in [0, 1] to ``(B, D)`` float32 features.
 
-    The input is first resized to ``spatial_size`` (when given), mapped linearly from [0, 1] to
-    ``input_range`` and repeated to ``in_channels`` channels, so that the network sees what it was trained
-    on. A network output with spatial dimensions is averaged over them (global average pooling); a tuple or
-    list output contributes its last element (the deepest level of an encoder).
+    The input is first brought to ``spatial_size`` (when given and different), mapped linearly from [0, 1] to
+    ``input_range`` and repeated to ``in_channels`` channels, so that the network sees what it was trained on. A
+    network output with spatial dimensions is averaged over them (global average pooling); a tuple or list output
+    contributes its last element (the deepest level of an encoder).
+
+    Resizing is :class:`~medicraft_monai.transforms.OCTResize` with ``resize_mode``, the transform the project's
+    classifiers are trained with, applied to every image of the batch alike: ``"crop"`` cuts the centre of the
+    image to the aspect of ``spatial_size`` and resamples it (bilinear; Gaussian anti-aliasing when shrinking),
+    ``"stretch"`` resamples each axis on its own, ``"fit"`` keeps the aspect and pads with zeros. The same input
+    size therefore always gives the same network input, whatever the batch or the data set.
 
     Args:
         network: the module (or TorchScript module) computing features or feature maps.
@@ -91,24 +118,46 @@ class FeatureExtractor(nn.Module):
             (-1, 1) for a diffusion model's encoder).
         in_channels: channels the network expects (the gray channel is repeated).
         name: a human-readable description, recorded in reports.
+        resize_mode: ``"stretch"``, ``"crop"`` or ``"fit"`` (see above).
+        source: the file the weights come from (recorded in reports).
+        checksum: the SHA-256 of ``source`` (recorded in reports).
     """
 
     def __init__(
         self,
         network: nn.Module,
         spatial_size: Sequence[int] | None = None,
-        input_range: tuple[float, float] = (0.0, 1.0),
+        input_range: Sequence[float] = (0.0, 1.0),
         in_channels: int = 1,
         name: str | None = None,
+        resize_mode: str = "stretch",
+        source: str | PathLike | None = None,
+        checksum: str | None = None,
     ) -> None:
         super().__init__()
         if not callable(network):
             raise TypeError(f"network must be a torch module, got {type(network).__name__}")
+        if resize_mode not in RESIZE_MODES:
+            raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
         self.network = network
         self.spatial_size = None if spatial_size is None else tuple(int(v) for v in spatial_size)
         self.input_range = (float(input_range[0]), float(input_range[1]))
         self.in_channels = int(in_channels)
         self.name = name or type(network).__name__
+        self.resize_mode = resize_mode
+        self.source = None if source is None else str(source)
+        self.checksum = checksum
+
+    def describe(self) -> dict[str, Any]:
+        """What a report records about the extractor: its name, weights file and SHA-256, and its input handling."""
+        return {
+            "extractor": self.name,
+            "file": self.source,
+            "sha256": self.checksum,
+            "input_size": None if self.spatial_size is None else list(self.spatial_size),
+            "resize_mode": self.resize_mode,
+            "input_range": list(self.input_range),
+        }
 
     # ---------------------------------------------------------------------------------------------- constructors
     @classmethod
@@ -153,6 +202,8 @@ class FeatureExtractor(nn.Module):
                 "FeatureExtractor.from_network(net) after loading the weights"
             ) from err
         kwargs.setdefault("name", f"TorchScript {p.name}")
+        kwargs.setdefault("source", p.resolve())
+        kwargs.setdefault("checksum", file_sha256(p))
         return cls(module, **kwargs)
 
     @classmethod
@@ -166,6 +217,15 @@ class FeatureExtractor(nn.Module):
     ) -> FeatureExtractor:
         """The network of a MONAI bundle: ``network_def`` of ``config_file`` with the weights of ``ckpt_path``.
 
+        The bundle's config says how images reach the network, with these keys (each optional, a keyword
+        argument wins over it):
+
+        - ``extractor_image_size`` (else ``image_size``): the (H, W) the network sees (``spatial_size``);
+        - ``extractor_resize_mode`` (else ``resize_mode``): how other sizes get there (``resize_mode``);
+        - ``extractor_input_range``: the intensity range the network expects (``input_range``, default [0, 1]);
+        - ``in_channels``: the channels the network expects;
+        - ``extractor_name``: what the network is, for reports (default: the kind of trunk).
+
         Args:
             bundle_root: the bundle folder.
             ckpt_path: the checkpoint (default ``<bundle_root>/models/model.pt``): a state dict, or a dict holding
@@ -173,14 +233,14 @@ class FeatureExtractor(nn.Module):
             config_file: the config with ``network_def``, relative to ``bundle_root``.
             overrides: config keys to set before parsing (for example ``{"num_classes": 4}`` when the bundle reads
                 its class list from a datalist that is not there).
-            kwargs: :class:`FeatureExtractor` arguments; ``spatial_size`` defaults to the config's
-                ``image_size`` when it has one.
+            kwargs: :class:`FeatureExtractor` arguments.
 
         Raises:
             FileNotFoundError: the config or the checkpoint is missing (with how to make it).
             ValueError: the config has no ``network_def``, or the checkpoint does not fit it.
         """
         from medicraft_monai.networks.bundle import load_bundle_network
+        from medicraft_monai.networks.release import bundle_version
 
         root = Path(bundle_root)
         loaded = load_bundle_network(
@@ -189,14 +249,36 @@ class FeatureExtractor(nn.Module):
             config_file=config_file,
             overrides=overrides,
         )
-        if "spatial_size" not in kwargs and "image_size" in loaded.parser:
+        parser = loaded.parser
+
+        def setting(*keys: str) -> Any:
+            for key in keys:
+                if key in parser:
+                    try:
+                        return parser.get_parsed_content(key)
+                    except Exception:  # noqa: BLE001 - an unusable key only means the default
+                        return None
+            return None
+
+        for arg, keys in (
+            ("spatial_size", ("extractor_image_size", "image_size")),
+            ("resize_mode", ("extractor_resize_mode", "resize_mode")),
+            ("input_range", ("extractor_input_range",)),
+            ("in_channels", ("in_channels",)),
+        ):
+            value = setting(*keys)
+            if arg not in kwargs and value is not None and (arg != "resize_mode" or value in RESIZE_MODES):
+                kwargs[arg] = value
+        kwargs.setdefault("source", loaded.ckpt_path.resolve())
+        kwargs.setdefault("checksum", loaded.checksum)
+        named = "name" in kwargs
+        extractor = cls.from_network(loaded.network, **kwargs)
+        if not named:
             try:
-                kwargs["spatial_size"] = [int(v) for v in loaded.parser.get_parsed_content("image_size")]
-            except Exception:  # noqa: BLE001 - an unusable image_size only means no resizing
-                pass
-        net = loaded.network
-        extractor = cls.from_network(net, **kwargs)
-        extractor.name = f"{root.name} bundle: {extractor.name}"
+                version = f" {bundle_version(root)}"
+            except (FileNotFoundError, ValueError):  # a bundle without metadata is still a network
+                version = ""
+            extractor.name = f"{root.resolve().name} bundle{version}: {setting('extractor_name') or extractor.name}"
         return extractor
 
     # ------------------------------------------------------------------------------------------------- forward
@@ -206,7 +288,7 @@ class FeatureExtractor(nn.Module):
             raise ValueError(f"FeatureExtractor expects a (B, C, H, W) batch, got shape {tuple(x.shape)}")
         x = x.float()
         if self.spatial_size is not None and tuple(x.shape[-2:]) != self.spatial_size:
-            x = F.interpolate(x, size=self.spatial_size, mode="bilinear", align_corners=False, antialias=True)
+            x = self._resize(x)
         lo, hi = self.input_range
         if (lo, hi) != (0.0, 1.0):
             x = x * (hi - lo) + lo
@@ -215,6 +297,16 @@ class FeatureExtractor(nn.Module):
                 raise ValueError(f"cannot map {x.shape[1]} channels to the {self.in_channels} the network expects")
             x = x.expand(-1, self.in_channels, -1, -1)
         return x
+
+    def _resize(self, x: torch.Tensor) -> torch.Tensor:
+        """:class:`~medicraft_monai.transforms.OCTResize` of every image and channel alike (they are its channels)."""
+        from monai.utils import convert_to_tensor
+
+        from medicraft_monai.transforms import OCTResize
+
+        b, c, h, w = x.shape
+        out = OCTResize(self.spatial_size, mode=self.resize_mode)(x.reshape(b * c, h, w))
+        return convert_to_tensor(out, track_meta=False).reshape(b, c, *self.spatial_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W) in [0, 1] -> (B, D) float32 features."""
@@ -261,21 +353,23 @@ def pixel_features(images: torch.Tensor, size: Sequence[int] = (32, 64)) -> torc
 
 
 def load_feature_extractor(spec: Any = None, **kwargs: Any) -> FeatureExtractor:
-    """A :class:`FeatureExtractor` from a module, a TorchScript file, a bundle folder, ``"pixels"`` or ``None``.
+    """A :class:`FeatureExtractor` from a name, a module, a TorchScript file or a bundle folder.
 
     Args:
-        spec: ``None`` (the default OCT classifier bundle, :data:`DEFAULT_BUNDLE`, which must be trained), an
-            ``nn.Module`` (see :meth:`FeatureExtractor.from_network`), a path to a TorchScript ``.ts``/``.pt``
-            file, a bundle folder (holding ``configs/inference.json``), or ``"pixels"``
-            (:class:`PixelFeatures`, a baseline without learning).
+        spec: ``None`` or ``"oct"`` (:data:`DEFAULT_EXTRACTOR`: the fixed OCT extractor shipped in
+            :data:`DEFAULT_BUNDLE`), ``"pixels"`` (:class:`PixelFeatures`, a baseline without learning), an
+            ``nn.Module`` (see :meth:`FeatureExtractor.from_network`), a bundle folder (holding
+            ``configs/inference.json`` with a ``network_def``, and ``models/model.pt``), or a TorchScript
+            ``.ts``/``.pt`` file.
         kwargs: :class:`FeatureExtractor` arguments.
 
     Raises:
-        FileNotFoundError: the path does not exist, or the default bundle is not trained.
-        ValueError: the path is neither a bundle folder nor a TorchScript file.
+        FileNotFoundError: the path does not exist, or the bundle has no weights.
+        ValueError: the path is neither a bundle folder nor a TorchScript file; ``"train"`` (only the evaluation,
+            which has the real training split, can train a feature network: ``evaluate_synthesis``).
         TypeError: ``spec`` is of another type.
     """
-    if spec is None:
+    if spec is None or (isinstance(spec, str) and spec == DEFAULT_EXTRACTOR):
         return FeatureExtractor.from_bundle(DEFAULT_BUNDLE, **kwargs)
     if isinstance(spec, FeatureExtractor):
         return spec
@@ -284,6 +378,12 @@ def load_feature_extractor(spec: Any = None, **kwargs: Any) -> FeatureExtractor:
     if isinstance(spec, str) and spec == "pixels":
         kwargs.setdefault("name", "pixels")
         return FeatureExtractor(PixelFeatures(), **kwargs)
+    if isinstance(spec, str) and spec == TRAIN_EXTRACTOR:
+        raise ValueError(
+            f"feature extractor {TRAIN_EXTRACTOR!r} is trained on a real training split: pass it to "
+            "medicraft_monai.evaluation.evaluate_synthesis (or medicraft evaluate --feature_extractor train); "
+            f"load_feature_extractor makes {DEFAULT_EXTRACTOR!r}, 'pixels', a bundle folder or a TorchScript file"
+        )
     if isinstance(spec, (str, PathLike)):
         p = Path(spec)
         if p.is_dir():
@@ -291,7 +391,10 @@ def load_feature_extractor(spec: Any = None, **kwargs: Any) -> FeatureExtractor:
                 raise ValueError(f"{p}: a folder but not a MONAI bundle (no configs/inference.json)")
             return FeatureExtractor.from_bundle(p, **kwargs)
         if not p.exists():
-            raise FileNotFoundError(f"{p}: feature extractor not found (expected a bundle folder or TorchScript file)")
+            raise FileNotFoundError(
+                f"{p}: feature extractor not found (expected {DEFAULT_EXTRACTOR!r}, {TRAIN_EXTRACTOR!r}, 'pixels', "
+                "a bundle folder or a TorchScript file)"
+            )
         if p.suffix.lower() not in (".ts", ".pt", ".pth", ".zip"):
             raise ValueError(f"{p}: unknown feature extractor file (expected a TorchScript .ts or .pt file)")
         return FeatureExtractor.from_torchscript(p, **kwargs)

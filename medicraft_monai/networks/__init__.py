@@ -1,5 +1,6 @@
 """Network helpers beside MONAI's networks: the one checkpoint loader (and the newest training checkpoint), the one
-loader of a bundle's network, and the checks of a bundle's network against its metadata."""
+loader of a bundle's network, the checks of a bundle's network against its metadata, and the DenseNet trunk of the
+fixed OCT feature extractor (:class:`DenseNetFeatures`)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from medicraft_monai.networks.checkpoint import (
     load_weights,
     read_checkpoint,
 )
+from medicraft_monai.networks.nets import DenseNetFeatures
 from medicraft_monai.networks.verification import (
     BundleCheck,
     example_network_inputs,
@@ -30,6 +32,7 @@ __all__ = [
     "BundleCheck",
     "BundleNetwork",
     "CheckpointError",
+    "DenseNetFeatures",
     "bundle_parser",
     "bundle_preprocessing",
     "configured_class_names",
