@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -603,7 +604,6 @@ def _with_option_names(message: str, command: str | None) -> str:
     (``n_exams``): every parameter of the command with a default, and its aliases, where it is the subject of a
     "must" clause or, when it holds an underscore, anywhere as a word of its own (never inside a path)."""
     import inspect
-    import re
 
     method = getattr(MedicraftCLI, command or "", None)
     if not callable(method):
@@ -629,25 +629,115 @@ def _with_option_names(message: str, command: str | None) -> str:
     return message
 
 
+def _is_flag(token: str) -> bool:
+    """Whether python-fire reads ``token`` as a flag (``--name``, ``-n``; not a negative number)."""
+    return token.startswith("--") or re.match(r"^-[a-zA-Z]", token) is not None
+
+
+def _suggest(word: str, choices: Sequence[str], prefix: str = "") -> str:
+    """'; did you mean X?' for the closest of ``choices`` (difflib), else the list of choices."""
+    import difflib
+
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean {prefix}{close[0]}?"
+    return f"; the choices are {', '.join(prefix + c for c in choices)}"
+
+
+def _check_command_line(cli: object, args: Sequence[str]) -> None:
+    """Refuse, before anything runs, a command line that python-fire would misread: an unknown command, an option
+    the command does not have (``--exam`` for ``--exams``: fire would run the command with the default and then
+    print "Could not consume arg"), a missing required argument or one argument too many. Each is a
+    :class:`ValueError` naming the command, the option and the closest valid one. Options are those of the command's
+    signature as fire reads them (``--name value``, ``--name=value``, ``--flag``, ``--noflag``, ``--some-name``, a
+    one-letter ``-n`` when one option starts with it); a command taking ``**settings`` takes any option, and
+    ``--help`` (``-h`` where no option starts with h) is left to fire."""
+    import inspect
+
+    args = list(args)
+    if "--" in args:  # what follows a bare -- are fire's own flags
+        args = args[: args.index("--")]
+    component, path, i = cli, [], 0
+    while i < len(args) and not inspect.isroutine(component):
+        word = args[i]
+        if _is_flag(word) or word == "-":
+            return  # options of a group, fire's separator: fire's to answer
+        commands = sorted(n for n in dir(component) if not n.startswith("_"))
+        if word.replace("-", "_") not in commands:
+            where = " ".join(path)
+            raise ValueError(
+                f"{where + ': ' if where else ''}unknown command {word!r}{_suggest(word, commands)} "
+                f"(medicraft {where + ' ' if where else ''}--help lists them)"
+            )
+        component, i = getattr(component, word.replace("-", "_")), i + 1
+        path.append(word)
+    if not inspect.isroutine(component):
+        return  # a group without its command: fire prints the group's help
+    params = inspect.signature(component).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    names, where = list(params), " ".join(path)
+    required = [n for n in names if params[n].default is inspect.Parameter.empty]
+    usage = f"medicraft {where} {' '.join(n.upper() for n in required)} [--option VALUE ...]".replace("  ", " ")
+    given: set[str] = set()
+    positional: list[str] = []
+    rest = args[i:]
+    rest = rest[: rest.index("-")] if "-" in rest else rest  # fire's separator: what follows acts on the result
+    k = 0
+    while k < len(rest):
+        token = rest[k]
+        if not _is_flag(token):
+            positional.append(token)
+            k += 1
+            continue
+        key = token.lstrip("-").split("=", 1)[0].replace("-", "_")
+        alone = "=" not in token and (k + 1 == len(rest) or _is_flag(rest[k + 1]))
+        if key not in names and alone and key.startswith("no") and key[2:] in names:
+            key = key[2:]
+        elif key not in names and len(key) == 1 and [n[0] for n in names].count(key) == 1:
+            key = next(n for n in names if n[0] == key)
+        elif key in ("help", "h") and key not in names:
+            return  # fire shows the command's help
+        elif key not in names:
+            flag = token.split("=", 1)[0]
+            raise ValueError(
+                f"{where}: unknown option {flag}{_suggest(key, names, '--')} (medicraft {where} --help lists the options)"
+            )
+        given.add(key)
+        k += 1 if alone or "=" in token else 2
+    free = [n for n in names if n not in given]
+    if len(positional) > len(free):
+        raise ValueError(f"{where}: unexpected argument {positional[len(free)]!r} (usage: {usage})")
+    missing = [n for n in free if n in required][len(positional) :]
+    if missing:
+        raise ValueError(f"{where}: missing {', '.join(n.upper() for n in missing)} (usage: {usage})")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``medicraft`` console script.
 
     Problems with the user's data (:class:`~medicraft_monai.data.errors.OCTDataError`) and bad arguments end the
-    command with a one-paragraph message naming the file and the reason, and exit status 2, instead of a
-    traceback; the message names the command-line options (``--exams``), not the library's parameters
-    (``n_exams``). Ctrl-C ends it with one line and exit status 130 (the commands write atomically, so a rerun
+    command with a one-line message naming the file and the reason, and exit status 2, instead of a traceback;
+    several problems found together (:class:`~medicraft_monai.data.errors.DataProblems`) give the first and name
+    the others. The message names the command-line options (``--exams``), not the library's parameters
+    (``n_exams``); an unknown command or option, a missing or an extra argument is refused before anything runs,
+    with the closest valid name (:func:`_check_command_line`). Ctrl-C ends it with one line and exit status 130 (the commands write atomically, so a rerun
     resumes). Set ``MEDICRAFT_DEBUG=1`` to see the traceback.
     """
-    from medicraft_monai.data.errors import OCTDataError
+    from medicraft_monai.data.errors import DataProblems, OCTDataError
 
     args = sys.argv[1:] if argv is None else list(argv)
+    cli = MedicraftCLI()
     try:
+        _check_command_line(cli, args)
         _document_defaults(args)
-        fire.Fire(MedicraftCLI(), command=None if argv is None else list(argv), name="medicraft")
+        fire.Fire(cli, command=args, name="medicraft")
     except (OCTDataError, FileNotFoundError, ValueError) as err:
         if os.environ.get("MEDICRAFT_DEBUG"):
             raise
-        print(f"medicraft: error: {_with_option_names(str(err), _command_of(args))}", file=sys.stderr)
+        text = err.summary if isinstance(err, DataProblems) else str(err)
+        text = " ".join(line.strip() for line in text.splitlines() if line.strip())  # one line, always
+        print(f"medicraft: error: {_with_option_names(text, _command_of(args))}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         if os.environ.get("MEDICRAFT_DEBUG"):

@@ -89,8 +89,21 @@ def test_datalist_reports_a_bad_file_and_keeps_the_rest(oct2017_dir: Path, tmp_p
     assert "CNV-999-1.jpeg" in proc.stderr + proc.stdout
 
     strict = run_cli("datalist", str(root), "--output", str(tmp_path / "strict.json"), "--strict", check=False)
-    assert strict.returncode != 0
-    assert "CNV-999-1.jpeg" in strict.stderr
+    # one line naming the file and the problem (not a header and a list)
+    lines = strict.stderr.strip().splitlines()
+    assert strict.returncode == 2 and len(lines) == 1, strict.stderr
+    assert lines[0].startswith(f"medicraft: error: {bad.resolve()}: cannot decode jpeg image (OSError: image file is")
+    assert lines[0].endswith(f"(building datalist from {root})")
+    assert not (tmp_path / "strict.json").exists()
+
+    # several bad files: the first, and the names of the others, still in one line
+    (root / "NORMAL" / "NORMAL-999-1.jpeg").write_bytes(b"")
+    (root / "NORMAL" / "NORMAL-999-2.jpeg").write_bytes(b"")
+    strict = run_cli("datalist", str(root), "--output", str(tmp_path / "strict.json"), "--strict", check=False)
+    lines = strict.stderr.strip().splitlines()
+    assert strict.returncode == 2 and len(lines) == 1, strict.stderr
+    assert lines[0].startswith("medicraft: error: ") and "CNV-999-1.jpeg: cannot decode" in lines[0]
+    assert "and 2 more problem(s): NORMAL-999-1.jpeg, NORMAL-999-2.jpeg" in lines[0]
     assert not (tmp_path / "strict.json").exists()
 
 
@@ -233,6 +246,56 @@ def test_phantom_never_deletes_files_it_did_not_write(tmp_path: Path) -> None:
     run_cli("phantom", str(out), "--exams", "3", "--height", "32", "--width", "64", "--overwrite")
     assert len(list((out / "images").rglob("*.png"))) == 36
     assert len(list((out / "ground_truth").glob("*.npz"))) == 3
+
+
+def test_a_mistyped_command_line_is_refused_before_anything_runs_naming_the_closest_option(tmp_path: Path) -> None:
+    out = tmp_path / "ph"
+    run_cli("phantom", str(out), "--exams", "2", "--height", "32", "--width", "64")
+    before = _snapshot(out)
+    usage = "(medicraft phantom --help lists the options)"
+    cases = [
+        # fire ran these with the defaults (here: deleting the set to write 12 exams) before "Could not consume arg"
+        (["phantom", str(out), "--exam", "3", "--overwrite"], f"phantom: unknown option --exam; did you mean --exams? {usage}"),
+        (["phantom", str(out), "--n_exams=3", "--overwrite"], f"phantom: unknown option --n_exams; did you mean --exams? {usage}"),
+        (["phantom", str(out), "--overwrite", "--zzz"], "phantom: unknown option --zzz; the choices are --output_dir, --exams, "),
+        (["datalist", str(out / "images"), "--stirct"], "datalist: unknown option --stirct; did you mean --strict?"),
+        (["multiply", "a.json", "b", "--ckpt", "m.pt"], "multiply: unknown option --ckpt; did you mean --ckpt_path?"),
+        (["phantm", str(out)], "unknown command 'phantm'; did you mean phantom? (medicraft --help lists them)"),
+        (["review", "exprt", "s", "o"], "review: unknown command 'exprt'; did you mean export? (medicraft review --help lists them)"),
+        (["phantom"], "phantom: missing OUTPUT_DIR (usage: medicraft phantom OUTPUT_DIR [--option VALUE ...])"),
+        (["review", "export", "s"], "review export: missing OUTPUT_DIR (usage: medicraft review export STUDIES OUTPUT_DIR"),
+        (["info", "a.png", "b.png"], "info: unexpected argument 'b.png' (usage: medicraft info [--option VALUE ...])"),
+    ]  # fmt: skip
+    for args, message in cases:
+        proc = run_cli(*args, check=False, cwd=tmp_path)
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr  # one line, nothing else
+        assert _error_line(proc).startswith(f"medicraft: error: {message}"), (args, proc.stderr)
+        assert "Could not consume" not in proc.stderr and not proc.stdout
+    assert _snapshot(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ph"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["phantom", "OUT", "-e", "2", "--fmt=png", "--nooverwrite"],
+        ["phantom", "--output_dir", "OUT", "--seed", "-1", "--overwrite"],
+        ["datalist", "SRC", "--check-images", "false", "--strict", "--output=x.json"],
+        ["evaluate", "R", "S", "--noutility", "--noanatomy", "--seeds", "0,1"],
+        ["bundle", "export", "--from", "oct_ddpm", "--ckpt_path", "m.pt", "--output_dir", "o", "--channels", "[8]"],
+        ["review", "export", "S", "O", "--rule", "majority"],
+        ["label", "app-dir"],
+        ["phantom", "--help"],
+        ["multiply", "-h"],
+        ["review"],
+        [],
+        ["info"],
+    ],
+)
+def test_a_valid_command_line_passes_the_check_as_fire_reads_it(args: list[str]) -> None:
+    from medicraft_monai.cli import MedicraftCLI, _check_command_line
+
+    _check_command_line(MedicraftCLI(), args)  # raises ValueError on what it refuses
 
 
 def test_phantom_interrupted_exits_130_without_partial_files_and_a_rerun_resumes(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from os import PathLike
+from pathlib import Path
 
 
 class OCTDataError(ValueError):
@@ -59,6 +60,21 @@ class DataProblems(OCTDataError):
 
     def __init__(self, problems: Iterable[OCTDataError], context: str = "") -> None:
         self.problems = list(problems)
+        self.context = context
         lines = "\n".join(f"  - {p}" for p in self.problems)
         head = f"{context}: " if context else ""
         super().__init__(None, f"{head}{len(self.problems)} problem(s):\n{lines}")
+
+    @property
+    def summary(self) -> str:
+        """The problems in one line, for a command-line message: the first one (its file and reason), then what was
+        being done and the names of the others (``str()`` lists every problem, one per line)."""
+        if not self.problems:
+            return self.context or "no problem listed"
+        others = [Path(p.path).name if p.path else p.reason for p in self.problems[1:]]
+        more = ""
+        if others:
+            shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+            more = f"; and {len(others)} more problem(s): {shown}"
+        where = f"{self.context}{more}" if self.context else more.lstrip("; ")
+        return f"{self.problems[0]} ({where})" if where else str(self.problems[0])
