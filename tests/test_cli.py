@@ -248,6 +248,45 @@ def test_phantom_never_deletes_files_it_did_not_write(tmp_path: Path) -> None:
     assert len(list((out / "ground_truth").glob("*.npz"))) == 3
 
 
+def test_phantom_refuses_a_set_an_older_version_wrote_and_says_why_and_what_to_do(tmp_path: Path) -> None:
+    out = tmp_path / "old"
+    run_cli("phantom", str(out), "--exams", "2", "--height", "32", "--width", "64")
+    (out / "phantom_files.json").unlink()  # as versions before the record wrote it
+    before = _snapshot(out)
+    for overwrite, why in (("--overwrite", "(--overwrite deletes nothing)"), ("--seed", "(and a new set would mix")):
+        args = [overwrite] if overwrite == "--overwrite" else [overwrite, "0"]
+        line = _error_line(run_cli("phantom", str(out), "--exams", "3", *args, check=False))
+        assert line.startswith(f"medicraft: error: {out}: holds a phantom data set written by an older medicraft_monai")
+        assert (
+            f"without the record phantom_files.json of the files it wrote, so the phantom cannot tell its files from yours {why}"
+            in line
+        )
+        delete = " ".join(str(out / t) for t in ("datalist.json", "ground_truth", "images", "phantom_summary.json"))
+        assert f"delete it yourself (rm -r {delete}) and run again" in line and "(nothing was changed)" in line
+        assert _snapshot(out) == before
+
+    # done as it says, the folder takes a new set
+    for name in ("datalist.json", "phantom_summary.json"):
+        (out / name).unlink()
+    for name in ("ground_truth", "images"):
+        shutil.rmtree(out / name)
+    run_cli("phantom", str(out), "--exams", "3", "--height", "32", "--width", "64")
+    assert len(list((out / "ground_truth").glob("*.npz"))) == 3
+
+
+def test_phantom_never_replaces_a_datalist_it_did_not_write(tmp_path: Path) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "datalist.json").write_text('{"my": "datalist"}')
+    for extra in ([], ["--overwrite"]):
+        line = _error_line(run_cli("phantom", str(out), "--exams", "2", *extra, check=False))
+        assert line == (
+            f"medicraft: error: {out} holds 1 file(s) the phantom did not write: datalist.json (there is no phantom "
+            "record phantom_files.json); move them away or choose an empty folder (nothing was changed)"
+        )
+        assert _snapshot(out) == {"datalist.json": b'{"my": "datalist"}'}
+
+
 def test_a_mistyped_command_line_is_refused_before_anything_runs_naming_the_closest_option(tmp_path: Path) -> None:
     out = tmp_path / "ph"
     run_cli("phantom", str(out), "--exams", "2", "--height", "32", "--width", "64")

@@ -37,6 +37,7 @@ __all__ = ["PHANTOM_RECORD", "make_phantom_dataset", "write_phantom_dataset"]
 #: every file it wrote with its SHA-256. A rerun resumes from it; ``overwrite`` deletes only the files it lists.
 PHANTOM_RECORD = "phantom_files.json"
 _FOLDERS = ("images", "ground_truth")
+_SUMMARY = "phantom_summary.json"  # every version wrote it, the record came later: without one it marks an older set
 _MANIFEST_FIELDS = ["image", "label", "patient_id", "exam_id", "plane_angle", "laterality", "frame"]
 #: what one B-scan takes on disk, as an upper bound: the image (raw 8-bit pixels; PNG compresses speckle little) plus
 #: its ground truth (~0.6 byte per pixel at 64 x 128, less for larger planes), plus a few kB per file
@@ -222,9 +223,10 @@ def _read_record(out: Path) -> dict[str, Any] | None:
 _TMP = re.compile(r"^\..+\.tmp\d+")  # utils.files.default_tmp_path: a write cut short by a killed run
 
 
-def _files_under(out: Path) -> list[str]:
-    """Every file under ``images/`` and ``ground_truth/``, relative to ``out`` (POSIX)."""
-    found = []
+def _files_under(out: Path, top: Sequence[str] = ()) -> list[str]:
+    """Every file under ``images/`` and ``ground_truth/``, and each of the ``top`` files of ``out`` that exists,
+    relative to ``out`` (POSIX)."""
+    found = [name for name in top if (out / name).is_file() or (out / name).is_symlink()]
     for name in _FOLDERS:
         root = out / name
         if root.is_dir():
@@ -235,22 +237,42 @@ def _files_under(out: Path) -> list[str]:
 def _foreign_files_message(out: Path, foreign: list[str], why: str) -> str:
     by_folder: dict[str, list[str]] = {}
     for rel in foreign:
-        top, _, rest = rel.partition("/")
+        top, _, rest = rel.partition("/") if "/" in rel else ("", "", rel)
         by_folder.setdefault(top, []).append(rest)
     parts = []
     for top, rels in by_folder.items():
         shown = ", ".join(rels[:5]) + (f", ... ({len(rels) - 5} more)" if len(rels) > 5 else "")
-        parts.append(f"{out / top} holds {len(rels)} file(s) the phantom did not write: {shown}")
+        parts.append(f"{out / top if top else out} holds {len(rels)} file(s) the phantom did not write: {shown}")
     return "; ".join(parts) + f" ({why}); move them away or choose an empty folder (nothing was changed)"
 
 
-def _prepare_folder(out: Path, settings: Mapping[str, Any], overwrite: bool) -> dict[str, Any]:
+def _older_set_message(out: Path, present: Sequence[str], overwrite: bool) -> str:
+    """Why a data set an older version wrote (its summary, no record) is refused, and what to do."""
+    import shlex
+
+    tops = sorted({rel.split("/")[0] for rel in present} | {_SUMMARY})
+    tops += ["datalist.json"] if (out / "datalist.json").is_file() and "datalist.json" not in tops else []
+    delete = " ".join(shlex.quote(str(out / t)) for t in tops)
+    shown = ", ".join(t + "/" if (out / t).is_dir() else t for t in tops)
+    return (
+        f"holds a phantom data set written by an older medicraft_monai ({shown}: {len(present)} file(s)) without the "
+        f"record {PHANTOM_RECORD} of the files it wrote, so the phantom cannot tell its files from yours "
+        f"({'--overwrite deletes nothing' if overwrite else 'and a new set would mix with them'}); if nothing of yours "
+        "is in it, delete it yourself "
+        f"(rm -r {delete}) and run again, or choose an empty folder (nothing was changed)"
+    )
+
+
+def _prepare_folder(out: Path, settings: Mapping[str, Any], overwrite: bool, top: Sequence[str] = ()) -> dict[str, Any]:
     """The record to continue from: a fresh one, the same request's (resume), or a fresh one after deleting the
     files a phantom of other settings wrote (``overwrite``). Refuses, changing nothing, a folder with files the
-    phantom did not write."""
+    phantom did not write (under ``images/`` and ``ground_truth/``, or one of the ``top`` files it writes in
+    ``out``), and a data set an older version wrote without a record."""
     record = _read_record(out)
-    present = _files_under(out)
+    present = _files_under(out, (_SUMMARY, *top))
     if record is None:
+        if (out / _SUMMARY).is_file():
+            raise OCTDataError(out, _older_set_message(out, present, overwrite))
         if present:
             raise OCTDataError(
                 None, _foreign_files_message(out, present, f"there is no phantom record {PHANTOM_RECORD}")
@@ -300,6 +322,13 @@ def _check_disk(out: Path, plan: _PhantomPlan) -> None:
         )
 
 
+def _mark_pending(out: Path, record: dict[str, Any], rels: Sequence[str]) -> None:
+    """List ``rels`` in the record before they are written (digest ``""``: being written), so a run interrupted between
+    writing one and recording its digest leaves a file the rerun knows as its own, never one it refuses as foreign."""
+    record["files"].update({rel: record["files"].get(rel, "") for rel in rels})
+    write_json_atomic(out / PHANTOM_RECORD, record, indent=1)
+
+
 def _exam_complete(out: Path, files: Mapping[str, str], rels: Sequence[str]) -> bool:
     """Every file of an exam was recorded and still has the recorded bytes."""
     return all(rel in files and (out / rel).is_file() and file_sha256(out / rel) == files[rel] for rel in rels)
@@ -316,6 +345,7 @@ def write_phantom_dataset(
     defects: str | Mapping[str, float] | Sequence[str] | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    also_writes: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """Write a phantom data set: images, a manifest, the ground truth per exam and a summary.
 
@@ -345,12 +375,17 @@ def write_phantom_dataset(
         progress: show a tqdm progress bar.
         overwrite: replace a phantom data set of other settings already in ``out_dir`` (only the files its record
             lists are deleted).
+        also_writes: files (relative to ``out_dir``) the caller writes next and lists in the record, such as
+            :func:`make_phantom_dataset`'s ``datalist.json``: one that is there and not in the record is refused like
+            a file under ``images/``.
 
     Every argument is checked before anything is written, and a request that does not fit on the disk is refused
     with the estimate. Each file is written atomically and listed, with its SHA-256, in ``out_dir/phantom_files.json``
     after each exam, so an interrupted run leaves no partial file and a rerun with the same settings resumes: it keeps
     the exams whose files match the record and writes the rest. A folder whose ``images/`` or ``ground_truth/``
-    holds files the phantom did not write (or files without a record) is refused, and nothing in it is touched.
+    holds files the phantom did not write (or files without a record), or whose ``phantom_summary.json`` or
+    ``also_writes`` files are not in the record, is refused, and nothing in it is touched; so is a data set an older
+    version wrote (it has no record: the message says to delete it by hand, naming what to delete).
 
     Returns:
         one datalist item per B-scan with the :class:`~medicraft_monai.data.keys.OCTKeys` keys (the image path
@@ -363,7 +398,7 @@ def write_phantom_dataset(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise OCTDataError(out, "output_dir exists and is not a folder")
-    record = _prepare_folder(out, plan.settings, overwrite)
+    record = _prepare_folder(out, plan.settings, overwrite, also_writes)
     _check_disk(out, plan)
     config, names, fmt, seed = plan.config, plan.names, plan.fmt, plan.seed
     img_root, gt_root = out / "images", out / "ground_truth"
@@ -459,6 +494,7 @@ def write_phantom_dataset(
     if resumed and progress:
         print(f"phantom: {resumed} of {len(plan.exams)} exams were already complete in {out} (kept)")
 
+    _mark_pending(out, record, ("images/manifest.csv", _SUMMARY))
     write_csv_atomic(img_root / "manifest.csv", manifest, _MANIFEST_FIELDS)
     summary = {
         "name": "medicraft OCT phantom",
@@ -474,8 +510,8 @@ def write_phantom_dataset(
         "config": plan.settings["config"],
         "exams": exam_records,
     }
-    write_json_atomic(out / "phantom_summary.json", summary, indent=1)
-    files.update({rel: file_sha256(out / rel) for rel in ("images/manifest.csv", "phantom_summary.json")})
+    write_json_atomic(out / _SUMMARY, summary, indent=1)
+    files.update({rel: file_sha256(out / rel) for rel in ("images/manifest.csv", _SUMMARY)})
     record["complete"] = True
     write_json_atomic(out / PHANTOM_RECORD, record, indent=1)
     return items
@@ -523,8 +559,11 @@ def make_phantom_dataset(
         defects=defect,
         progress=progress,
         overwrite=overwrite,
+        also_writes=("datalist.json",),
     )
     class_order = list(classes) if classes else list(config.classes)  # the phantom's order, not alphabetical
+    record = _read_record(out) or {"files": {}}
+    _mark_pending(out, record, ("datalist.json",))
     datalist = build_datalist(
         out / "images",
         output=out / "datalist.json",
@@ -534,7 +573,6 @@ def make_phantom_dataset(
         strict=True,
         name="medicraft OCT phantom",
     )
-    record = _read_record(out) or {"files": {}}
     record["files"]["datalist.json"] = file_sha256(out / "datalist.json")
     write_json_atomic(out / PHANTOM_RECORD, record, indent=1)
     print(count_table(datalist))
