@@ -113,7 +113,8 @@ def real_images(args, datalist: Path, split: str = "training"):
 
 
 def feature_extractor(args, work: Path, real, labels, n_classes: int):
-    """The OCT feature extractor: oct_classifier's weights if trained, else a small DenseNet trained here."""
+    """The OCT feature extractor: the fixed one of oct_synthesis_eval when it ships, else a small DenseNet trained
+    here."""
     import torch
     from monai.networks.nets import DenseNet
 
@@ -122,11 +123,11 @@ def feature_extractor(args, work: Path, real, labels, n_classes: int):
     if args.features in ("auto", "bundle") and (DEFAULT_BUNDLE / "models" / "model.pt").is_file():
         try:
             fe = FeatureExtractor.from_bundle(DEFAULT_BUNDLE)
-            return fe, f"oct_classifier bundle ({fe.name})"
+            return fe, f"{fe.name} (sha256 {fe.checksum[:12]})"
         except Exception as err:  # noqa: BLE001 - fall back to our own small network, and say so
             if args.features == "bundle":
                 raise
-            _say(f"oct_classifier bundle not usable ({err}); training a small DenseNet instead")
+            _say(f"fixed OCT feature extractor not usable ({err}); training a small DenseNet instead")
     net = DenseNet(
         spatial_dims=2, in_channels=1, out_channels=n_classes, init_features=16, growth_rate=16, block_config=(4, 4, 4)
     )

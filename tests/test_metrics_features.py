@@ -179,7 +179,8 @@ def test_from_bundle_overrides_keys_the_network_depends_on(tmp_path: Path, batch
 
 
 def test_the_oct_classifier_bundle_network_def_is_supported(tmp_path: Path) -> None:
-    """The project's classifier bundle (the default extractor) builds through from_bundle (weights: a fresh net)."""
+    """The project's classifier bundle (what feature_extractor "train" trains) builds through from_bundle (weights: a
+    fresh net); its resize_mode is the extractor's."""
     root = bundle_path("oct_classifier")
     parser = ConfigParser()
     parser.read_config([str(p) for p in config_files(root, "inference.json")])
@@ -191,7 +192,30 @@ def test_the_oct_classifier_bundle_network_def_is_supported(tmp_path: Path) -> N
     fe = FeatureExtractor.from_bundle(root, ckpt_path=ckpt, overrides={"num_classes": 4})
     feats = extract_features(fe, torch.rand(2, 1, 64, 128), progress=False)
     assert feats.shape[0] == 2 and feats.shape[1] == net.class_layers.out.in_features
-    assert "oct_classifier" in fe.name
+    assert "oct_classifier" in fe.name and fe.resize_mode == "crop"
+
+
+def test_from_bundle_reads_the_extractor_keys_and_records_the_weights(tmp_path: Path, batch: torch.Tensor) -> None:
+    from medicraft_monai.utils import file_sha256
+
+    extra = {
+        "extractor_image_size": [16, 48],
+        "extractor_resize_mode": "crop",
+        "extractor_input_range": [-1, 1],
+        "extractor_name": "tiny test trunk",
+        "resize_mode": "fit",  # the extractor_ key wins
+    }
+    root = _write_bundle(tmp_path / "bundle", _SMALL_DENSENET, extra)
+    torch.save(_densenet().state_dict(), root / "models" / "model.pt")
+    fe = load_feature_extractor(root)
+    info = fe.describe()
+    assert info["input_size"] == [16, 48] and info["resize_mode"] == "crop" and info["input_range"] == [-1.0, 1.0]
+    assert info["extractor"] == "bundle bundle: tiny test trunk"
+    assert info["file"] == str((root / "models" / "model.pt").resolve())
+    assert info["sha256"] == file_sha256(root / "models" / "model.pt")
+    assert FeatureExtractor.from_bundle(root, resize_mode="stretch", name="mine").describe()["extractor"] == "mine"
+    with pytest.raises(ValueError, match="resize_mode"):
+        FeatureExtractor(nn.Identity(), resize_mode="letterbox")
 
 
 def test_load_feature_extractor_specs_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
