@@ -18,15 +18,34 @@ Rooms, lowest first; a room imports only rooms above it in this list (``tests/te
 - :mod:`medicraft_monai.evaluation`: studies that train and compare (utility, label efficiency) and the report.
 - :mod:`medicraft_monai.label`, :mod:`medicraft_monai.deploy`: the MONAI Label app and the MONAI Deploy apps.
 - :mod:`medicraft_monai.demo`, :mod:`medicraft_monai.cli`: the main job and the ``medicraft`` command.
+
+The one-call API is reachable from here without importing a room when the package is imported: ``generate`` is
+looked up on first use (:data:`LAZY`, PEP 562)::
+
+    import medicraft_monai
+
+    images = medicraft_monai.generate("oct_ldm", class_name="DME", num_samples=4, seed=0)
 """
 
 from __future__ import annotations
 
+import importlib
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 try:  # the installed distribution's version, which pyproject.toml sets (the one place it is written)
     __version__ = version("medicraft-monai")
 except PackageNotFoundError:  # a source tree that was never installed: no version to report
     __version__ = "0+unknown"
 
-__all__ = ["__version__"]
+LAZY: dict[str, str] = {"generate": "medicraft_monai.synthesis.generation"}
+"""Names of the package that live in a room, and the module each is taken from on first use."""
+
+__all__ = ["LAZY", "__version__", "generate"]
+
+
+def __getattr__(name: str) -> Any:
+    """``medicraft_monai.generate``, imported when first used (see :data:`LAZY`)."""
+    if name in LAZY:
+        return getattr(importlib.import_module(LAZY[name]), name)
+    raise AttributeError(f"module 'medicraft_monai' has no attribute {name!r}")

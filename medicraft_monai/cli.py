@@ -41,14 +41,15 @@ def _as_mapping(value: str | dict | None) -> dict | None:
 class MedicraftCLI:
     """medicraft_monai: multiply small OCT data sets with class-conditioned diffusion models.
 
-    Commands: phantom, datalist, multiply, evaluate, label_efficiency, demo, info; label app_dir; review export;
-    bundle verify, pack, export.
+    Commands: phantom, datalist, multiply, generate, evaluate, label_efficiency, demo, info; label app_dir; review
+    export; bundle verify, pack, export; zoo list, info.
     """
 
     def __init__(self) -> None:
         self.label = LabelCommands()
         self.review = ReviewCommands()
         self.bundle = BundleCommands()
+        self.zoo = ZooCommands()
 
     def phantom(
         self,
@@ -222,6 +223,60 @@ class MedicraftCLI:
         )
         if accepted_from:
             _write_accepted(result, accepted_from)
+
+    def generate(
+        self,
+        bundle: str,
+        output_dir: str,
+        class_name: str | Sequence[str] | None = None,
+        num_samples: int = 4,
+        seed: int = 0,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        batch_size: int = 16,
+        fmt: str = "png",
+        bit_depth: int = 8,
+        device: str | None = None,
+        progress: bool = True,
+    ) -> None:
+        """Sample synthetic B-scans from a generator bundle into a folder (medicraft_monai.generate from Python).
+
+        Image i of a class gets the seed that ``medicraft multiply`` gives it, so the same --seed (and --batch_size)
+        gives the same images as multiply. Writes images/<class>/synthetic_<class>_<index>_s<seed>.png (marked
+        synthetic, with provenance), manifest.jsonl/csv, job.json and datalist_synthetic.json; a rerun resumes.
+
+        Args:
+            bundle: a shipped bundle's name (oct_ldm, ...), a bundle folder or a release archive (.zip).
+            output_dir: where the images go.
+            class_name: the class, or classes comma-separated (default: every class of the generator).
+            num_samples: images per class.
+            seed: the job's seed (each image's seed derives from it, its class and its index).
+            steps: sampling steps (default: the bundle's).
+            guidance_scale: classifier-free guidance scale (default: the bundle's).
+            batch_size: images sampled together.
+            fmt: png (default), nifti or dicom.
+            bit_depth: 8 or 16.
+            device: cpu, cuda, cuda:1 ... (default: CUDA when available).
+            progress: show progress.
+        """
+        from medicraft_monai.synthesis import generate
+
+        files = generate(
+            bundle,
+            class_name=_as_list(_text(class_name)) if class_name is not None else None,
+            num_samples=num_samples,
+            seed=seed,
+            steps=steps,
+            guidance_scale=guidance_scale,
+            output_dir=output_dir,
+            batch_size=batch_size,
+            fmt=fmt,
+            bit_depth=bit_depth,
+            device=device,
+            progress=progress,
+        )
+        print(f"{len(files)} synthetic image(s) in {Path(output_dir) / 'images'}")
+        print(f"datalist: {Path(output_dir) / 'datalist_synthetic.json'}")
 
     def evaluate(
         self,
@@ -442,12 +497,11 @@ class ReviewCommands:
             print(f"refused: {len(result['refused'])} image(s), not exported (see {result['report_json']})")
 
 
-def _bundle_folder(name_or_folder: str) -> Path:
-    """A bundle folder given as a folder, or the shipped bundle of that name."""
-    from medicraft_monai.bundles import bundle_path
+def _bundle_folder(bundle: str) -> Path:
+    """A bundle given as a shipped bundle's name, a folder or a release archive, as a folder."""
+    from medicraft_monai.bundles import resolve_bundle
 
-    folder = Path(name_or_folder)
-    return folder if (folder / "configs").is_dir() else bundle_path(str(name_or_folder))
+    return resolve_bundle(bundle)
 
 
 def _json_words(value):
@@ -538,6 +592,52 @@ class BundleCommands:
         made = export_bundle(_bundle_folder(source), ckpt_path, output_dir, given, version=version, overwrite=overwrite)
         print(f"bundle written to {made['bundle_root']} ({len(made['files'])} files)")
         print(f"use it: medicraft multiply DATALIST OUTPUT_DIR --bundle_root {made['bundle_root']}")
+
+
+class ZooCommands:
+    """The bundles at hand (shipped, folders, release archives) and their measured numbers (see docs/bundles.md)."""
+
+    def list(
+        self,
+        paths: str | Sequence[str] | None = None,
+        task: str | None = None,
+        classes: str | Sequence[str] | None = None,
+        sort_by: str | None = None,
+        descending: bool | None = None,
+        as_json: bool = False,
+    ) -> None:
+        """List every bundle at hand with its task, classes, image size, version and eval_metrics; filter and rank.
+
+        A bundle whose metadata reports no numbers is listed as unmeasured and never ranked.
+
+        Args:
+            paths: bundle folders, release archives (.zip) or folders holding them, comma-separated, besides the
+                shipped bundles.
+            task: generation, classification, restoration, evaluation, or words of the metadata's task.
+            classes: class names the bundle must all know, comma-separated.
+            sort_by: an eval_metrics name (nested names joined by /): bundles reporting it first, best first.
+            descending: larger values first (default: smaller first only for distances, losses, errors and
+                memorisation).
+            as_json: print the entries as JSON.
+        """
+        from medicraft_monai.registry import find, format_table
+
+        entries = find(task, _as_list(classes), sort_by, paths=_as_list(paths), descending=descending)
+        if as_json:
+            print(json.dumps([e.summary() for e in entries], indent=2))
+        else:
+            print(format_table(entries, sort_by))
+
+    def info(self, name: str, paths: str | Sequence[str] | None = None) -> None:
+        """Print a bundle's summary: version, task, classes, image size, every eval_metric, its model card's start.
+
+        Args:
+            name: a shipped bundle's name, a name among --paths, a bundle folder or a release archive.
+            paths: bundle folders, release archives or folders holding them, comma-separated.
+        """
+        from medicraft_monai.registry import format_info, info
+
+        print(format_info(info(name, _as_list(paths))))
 
 
 def _write_accepted(result: dict, reviews: str) -> None:

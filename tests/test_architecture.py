@@ -8,6 +8,8 @@ level do not import each other. A new room must be placed in :data:`LEVELS` befo
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,11 +19,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "medicraft_monai"
 #: The rule: a room uses only rooms on lower levels (lowest first). ``ssl`` (self-supervised context restoration:
 #: its data, networks, handlers and fine-tuning) is an extra room beside ``synthesis``: it builds on the engines'
 #: handlers and the inferers, and the evaluation's label-efficiency study builds on it. ``visualize`` (image grids,
-#: no imports of the package) is a shared helper beside ``utils``.
+#: no imports of the package) is a shared helper beside ``utils``. ``registry`` (the bundles at hand and their
+#: metadata, for ``medicraft zoo``) reads bundles through ``bundles`` only, beside ``data``.
 LEVELS: tuple[tuple[str, ...], ...] = (
     ("utils", "visualize"),
     ("bundles",),
-    ("data",),
+    ("data", "registry"),
     ("transforms",),
     ("networks",),
     ("schedulers",),
@@ -77,6 +80,21 @@ def test_every_room_is_placed() -> None:
 
 def test_the_package_root_imports_no_room() -> None:
     assert {_room(m) for m in _imports(PACKAGE / "__init__.py")} <= {None}
+
+
+def test_the_package_roots_one_call_api_is_imported_only_when_used() -> None:
+    """``medicraft_monai.generate`` lives in a room (``LAZY``); importing the package loads no room, using it does."""
+    code = (
+        "import sys, medicraft_monai as m; before = sorted(k for k in sys.modules if k.startswith('medicraft_monai.'));"
+        "from medicraft_monai.synthesis.generation import generate; print(before, m.generate is generate)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.split() == ["[]", "True"], done.stdout + done.stderr
+    import medicraft_monai
+
+    assert {_room(m) for m in medicraft_monai.LAZY.values()} <= set(LEVEL)
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        medicraft_monai.nothing  # noqa: B018
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE.parent)))

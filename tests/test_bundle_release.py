@@ -19,6 +19,7 @@ import pytest
 import test_oct_ddpm as ddpm
 import test_oct_ldm as ldm
 import torch
+from _generators import train_tiny_ddpm
 from monai.apps.utils import check_hash
 from monai.bundle import ConfigWorkflow, download
 from test_bundle_metadata import SCHEMA
@@ -151,19 +152,7 @@ def test_monai_installs_the_archive_and_runs_its_inference(bundle: Path, tmp_pat
 @pytest.fixture(scope="module")
 def tiny_ddpm(datalist: Path, tmp_path_factory) -> Path:
     """oct_ddpm trained one tiny epoch on real B-scans with network overrides (as the demo trains it)."""
-    root = tmp_path_factory.mktemp("trained")
-    workflow(
-        "oct_ddpm",
-        "train.json",
-        "train",
-        root,
-        datalist=str(datalist),
-        **ddpm.TINY_NET,
-        **ddpm.TINY_TRAIN,
-        max_epochs=1,
-        ckpt_dir=str(root / "model"),
-    )
-    return root / "model" / "model.pt"
+    return train_tiny_ddpm(tmp_path_factory.mktemp("trained"), datalist)
 
 
 def test_export_makes_a_bundle_that_runs_with_no_overrides(tiny_ddpm: Path, datalist: Path, tmp_path: Path) -> None:

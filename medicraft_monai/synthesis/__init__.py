@@ -1,7 +1,9 @@
-"""Synthesis: load a generator bundle, plan images, run the one synthesis job, write files, datalists and manifests."""
+"""Synthesis: load a generator bundle, plan images, run the one synthesis job, write files, datalists and manifests;
+generate in one call (:func:`generate`)."""
 
 from __future__ import annotations
 
+from .generation import generate, load_generator
 from .generator import DiffusionGenerator
 from .job import MANIFEST_FIELDS, SynthesisJob, synthetic_datalist_item
 from .multiply import multiply
@@ -15,7 +17,9 @@ __all__ = [
     "ImageTask",
     "SynthesisJob",
     "Target",
+    "generate",
     "image_seed",
+    "load_generator",
     "multiply",
     "parse_target",
     "plan_counts",

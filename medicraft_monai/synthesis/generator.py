@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 
-from medicraft_monai.bundles import config_files
+from medicraft_monai.bundles import config_files, resolve_bundle
 from medicraft_monai.engines.records import GeneratorError, check_diffusion_settings
 from medicraft_monai.inferers.conditional import seeded_noise
 from medicraft_monai.networks.checkpoint import CheckpointError, check_checkpoint_file, load_weights
@@ -111,7 +111,8 @@ class DiffusionGenerator:
         """Load a generator from a bundle folder.
 
         Args:
-            bundle_root: the bundle folder (with ``configs/inference.json``).
+            bundle_root: the bundle folder (with ``configs/inference.json``), a shipped bundle's name or a release
+                archive (``medicraft bundle pack``; unpacked once, see :func:`~medicraft_monai.bundles.resolve_bundle`).
             ckpt_path: weights to load (default: the config's ``ckpt_path``).
             config_file: config file(s) relative to the bundle root (default ``configs/inference.json``), layered
                 on ``configs/common.json`` when the bundle has one.
@@ -121,7 +122,11 @@ class DiffusionGenerator:
         Raises:
             GeneratorError: missing bundle or checkpoint, or a checkpoint that does not fit the network.
         """
-        root = Path(bundle_root).resolve()
+        given = Path(bundle_root)
+        try:
+            root = given.resolve() if given.is_dir() else resolve_bundle(given)
+        except (FileNotFoundError, ValueError) as err:
+            raise GeneratorError(str(err)) from None
         files = [config_file] if isinstance(config_file, str) else list(config_file or ["inference.json"])
         paths = config_files(root, *files)
         for p in paths:

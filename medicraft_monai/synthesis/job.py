@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import ignite.distributed as idist
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -362,6 +363,22 @@ class SynthesisJob:
         record = {**identity, "bundle_root": str(Path(self.generator.bundle_root).resolve()), **dict(extra or {})}
         write_text_atomic(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
+    def summary(self, count: int) -> dict[str, Any]:
+        """How the job's ``count`` images were made: the ``synthetic`` block of its datalists."""
+        gen = self.generator
+        return {
+            "count": int(count),
+            "model_sha256": gen.checksum,
+            "bundle": Path(gen.bundle_root).resolve().name,
+            "sampler": gen.sampler,
+            "steps": self.steps,
+            "guidance_scale": self.guidance_scale,
+            "format": self.fmt,
+            "bit_depth": self.bit_depth,
+            "seed": self.job_seed,
+            "manifest": MANIFEST_JSONL,
+        }
+
     # ---------------------------------------------------------------------------------------------- records
     def record(self, task: ImageTask, sha256: str) -> dict[str, Any]:
         """The manifest record of a written image (keys :data:`MANIFEST_FIELDS`)."""
@@ -409,16 +426,24 @@ class SynthesisJob:
         }
 
     # ---------------------------------------------------------------------------------------------- sampling
-    def write_batch(self, batch: Sequence[ImageTask]) -> list[dict[str, Any]]:
-        """Sample one batch (padded to ``batch_size``), write its files and return their records."""
-        gen, out = self.generator, self.output_dir
-        # always the same batch shape: a short batch is padded with repeats of its last image (their outputs are
-        # dropped), so an image's floating-point result does not depend on where a rerun resumed
+    def sample_batch(self, batch: Sequence[ImageTask]) -> np.ndarray:
+        """Sample the images of one batch: float32 (len(batch), C, H, W) in [0, 1].
+
+        The batch is padded to ``batch_size`` with repeats of its last task (their outputs are dropped), so every
+        batch has the same shape and an image's floating-point result does not depend on where a rerun resumed or
+        on how many images were asked for.
+        """
         padded = list(batch) + [batch[-1]] * (self.batch_size - len(batch))
         with torch.no_grad():
-            images = gen.generate(
+            images = self.generator.generate(
                 [t.class_name for t in padded], [t.seed for t in padded], self.steps, self.guidance_scale
             )
+        return images[: len(batch)]
+
+    def write_batch(self, batch: Sequence[ImageTask]) -> list[dict[str, Any]]:
+        """Sample one batch (:meth:`sample_batch`), write its files and return their records."""
+        out = self.output_dir
+        images = self.sample_batch(batch)
         records, folders = [], set()
         for t, image in zip(batch, images):
             path = out / t.relpath

@@ -73,21 +73,12 @@ def _finalize(
 ) -> None:
     records = job.finalize(tasks)
     items = [job.datalist_item(t, rec) for t, rec in zip(tasks, records)]
-    gen, out = job.generator, job.output_dir
+    out = job.output_dir
     info = {
-        "count": len(items),
+        **job.summary(len(items)),
         "planned": dict(plan),
         "target": target,
         "counted_split": split,
-        "model_sha256": gen.checksum,
-        "bundle": Path(gen.bundle_root).resolve().name,
-        "sampler": gen.sampler,
-        "steps": job.steps,
-        "guidance_scale": job.guidance_scale,
-        "format": job.fmt,
-        "bit_depth": job.bit_depth,
-        "seed": job.job_seed,
-        "manifest": MANIFEST_JSONL,
         # a path relative to the synthetic datalist (an absolute one names the clinic's folders) and a checksum
         "real_datalist": Path(os.path.relpath(datalist_path.resolve(), out.resolve())).as_posix(),
         "real_datalist_sha256": file_sha256(datalist_path),
