@@ -657,8 +657,10 @@ def test_unreadable_class_folder_and_subtree_are_excluded_entries_and_strict_sto
     with pytest.raises(SystemExit) as exit_info:
         main(["datalist", str(root), "--output", str(out), "--strict"])
     assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert f"{root / 'DME'}: cannot read the folder (Permission denied)" in err and "Traceback" not in err
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("medicraft: error: ") and "\n" not in err and "Traceback" not in err  # one line
+    named = {f"{f}: cannot read the folder (Permission denied)" in err for f in (root / "DME", sub)}
+    assert named == {True, False} and ("and 1 more problem(s): DME" in err or "and 1 more problem(s): exam2" in err)
     assert _snapshot(root.parent) == before
 
 
