@@ -89,3 +89,31 @@ def test_multiply_command_reports_a_bad_checkpoint_in_one_line(kind: str, tmp_pa
     assert "Traceback" not in proc.stderr and "weights_only=False" not in proc.stderr, proc.stderr[-2000:]
     assert last.startswith("medicraft: error: ") and str(path) in last and BAD_CHECKPOINTS[kind][1] in last, last
     assert _snapshot(bad_dir) == before
+
+
+def test_every_torch_load_in_the_package_is_the_one_loader_or_weights_only() -> None:
+    """Checkpoints are read by one loader (networks.checkpoint.read_checkpoint, ``weights_only=True``); any other
+    ``torch.load`` in the package or the bundles' Python (the latent cache, which is not a checkpoint) passes
+    ``weights_only=True`` too, so no file can run code and no load ends in torch's advice to drop it."""
+    import ast
+
+    import medicraft_monai
+
+    package = Path(medicraft_monai.__file__).parent
+    files = [*package.rglob("*.py"), *(package.parent / "bundles").rglob("*.py")]
+    loads: dict[str, list[bool]] = {}
+    for path in sorted(files):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            func = getattr(node, "func", None)
+            if isinstance(node, ast.Call) and isinstance(func, ast.Attribute) and func.attr == "load":
+                if isinstance(func.value, ast.Name) and func.value.id == "torch":
+                    safe = any(
+                        k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+                        for k in node.keywords
+                    )
+                    loads.setdefault(path.relative_to(package.parent).as_posix(), []).append(safe)
+    assert loads.get("medicraft_monai/networks/checkpoint.py") == [True], loads
+    unsafe = {f: s for f, s in loads.items() if not all(s)}
+    assert not unsafe, f"torch.load without weights_only=True in {sorted(unsafe)}"
+    cache = "medicraft_monai/data/latent_cache.py"  # encoded latents, not a checkpoint
+    assert set(loads) <= {"medicraft_monai/networks/checkpoint.py", cache}, f"torch.load in {sorted(loads)}"
