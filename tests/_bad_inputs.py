@@ -6,7 +6,7 @@ line, the file its error message must name, and words of the problem. tests/test
 
 Classes (docs/datalists.md, "Bad input: what you see, what is kept"): corrupt, truncated, zero-byte, unsupported
 format, wrong modality, 3-D volume, colour image, NaN, unknown label, unreadable, output equals input, interrupted
-write.
+write, mistyped option.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ KINDS = (
     "unreadable",
     "output equals input",
     "interrupted write",
+    "mistyped option",
 )
 
 
@@ -299,6 +300,29 @@ def build_corpus(root: Path, oct2017_dir: Path, bundle: Path, real_datalist: Pat
     cases.append(Case("interrupted write", "review export",
                       ["review", "export", str(studies), str(out / "review_cut")],
                       "datastore_v2.json", (), "a datastore cut short"))  # fmt: skip
+    # mistyped option: python-fire ran the command with the option's default, then said "Could not consume arg"
+    from medicraft_monai.data.phantom import make_phantom_dataset
+
+    phantom_set = root / "phantom_set"
+    make_phantom_dataset(phantom_set, exams=2, height=32, width=64, progress=False)
+    cases.append(Case("mistyped option", "phantom", ["phantom", str(phantom_set), "--exam", "3", "--overwrite"],
+                      "--exam", ("did you mean --exams?",), "--exam for --exams, with --overwrite, on a phantom set"))  # fmt: skip
+    src = _class_tree(root / "src_mistyped", real)
+    cases.append(Case("mistyped option", "datalist",
+                      ["datalist", str(src), "--output", str(out / "mistyped.json"), "--stirct"],
+                      "--stirct", ("did you mean --strict?",), "--stirct for --strict"))  # fmt: skip
+    cases.append(Case("mistyped option", "multiply",
+                      ["multiply", str(real_datalist), str(out / "mult_mistyped"), "--bundle_root", str(bundle),
+                       "--ckpt", str(ckpts / "random.pt"), "--progress", "false"],
+                      "--ckpt", ("did you mean --ckpt_path?",), "--ckpt for --ckpt_path"))  # fmt: skip
+    cases.append(Case("mistyped option", "evaluate",
+                      ["evaluate", str(real_datalist), str(real_datalist), str(out / "eval_mistyped"), "--seed", "1"],
+                      "--seed", ("did you mean --seeds?",), "--seed for --seeds"))  # fmt: skip
+    cases.append(Case("mistyped option", "review export",
+                      ["review", "export", str(store), str(out / "review_mistyped"), "--rules", "majority"],
+                      "--rules", ("did you mean --rule?",), "--rules for --rule"))  # fmt: skip
+    cases.append(Case("mistyped option", "info", ["info", "--fiel", str(jpeg)], "--fiel", ("did you mean --file?",),
+                      "--fiel for --file"))  # fmt: skip
     assert {c.kind for c in cases} == set(KINDS), {c.kind for c in cases} ^ set(KINDS)
     return cases
 

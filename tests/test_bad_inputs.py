@@ -1,10 +1,11 @@
 """The bad-input corpus (tests/_bad_inputs.py) through the real ``medicraft`` command: every class of bad input
 (corrupt, truncated, zero-byte, unsupported format, wrong modality, 3-D volume, colour image, NaN, unknown label,
-unreadable, output equals input, interrupted write) given to each command that takes it (datalist, phantom,
-multiply, evaluate, info, review export).
+unreadable, output equals input, interrupted write, mistyped option) given to each command that takes it (datalist,
+phantom, multiply, evaluate, info, review export).
 
-Each case must end with exit status 2, a last stderr line ``medicraft: error: ...`` naming the file and the problem,
-no traceback, and every file that existed before with the same bytes. The counts "bad inputs tried / handled with a
+Each case must end with exit status 2, a one-line message ``medicraft: error: ...`` that is the last line of stderr
+and names the file (or the option) and the problem, no traceback, and every file that existed before with the same
+bytes. The counts "bad inputs tried / handled with a
 clear error / files lost" are printed at the end (docs/datalists.md quotes them).
 """
 
@@ -45,6 +46,8 @@ class Outcome:
             out.append("a traceback")
         if "medicraft: error: " not in self.stderr:
             out.append("no 'medicraft: error:' message")
+        elif not self.last.startswith("medicraft: error: "):
+            out.append("the message is not one line (the last line is not 'medicraft: error: ...')")
         if case.names not in self.last:
             out.append(f"the last line does not name {case.names!r}")
         missing = [w for w in case.words if w not in self.last]
