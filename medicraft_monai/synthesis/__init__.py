@@ -1,8 +1,9 @@
 """Synthesis: load a generator bundle, plan images, run the one synthesis job, write files, datalists and manifests;
-generate in one call (:func:`generate`)."""
+generate in one call (:func:`generate`) and synthetic training data on the fly (:class:`SyntheticDataset`)."""
 
 from __future__ import annotations
 
+from .dataset import SyntheticDataset, synthetic_training_dataset
 from .generation import generate, load_generator
 from .generator import DiffusionGenerator
 from .job import MANIFEST_FIELDS, SynthesisJob, synthetic_datalist_item
@@ -16,6 +17,7 @@ __all__ = [
     "DiffusionGenerator",
     "ImageTask",
     "SynthesisJob",
+    "SyntheticDataset",
     "Target",
     "generate",
     "image_seed",
@@ -25,5 +27,6 @@ __all__ = [
     "plan_counts",
     "plan_tasks",
     "synthetic_datalist_item",
+    "synthetic_training_dataset",
     "write_synthetic_image",
 ]

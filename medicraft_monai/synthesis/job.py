@@ -440,12 +440,13 @@ class SynthesisJob:
             )
         return images[: len(batch)]
 
-    def write_batch(self, batch: Sequence[ImageTask]) -> list[dict[str, Any]]:
-        """Sample one batch (:meth:`sample_batch`), write its files and return their records."""
+    def write_batch(self, batch: Sequence[ImageTask], count: int | None = None) -> list[dict[str, Any]]:
+        """Sample one batch (:meth:`sample_batch`), write its files (only the first ``count`` when given: the others
+        are sampled only so that the batch is the same) and return their records."""
         out = self.output_dir
         images = self.sample_batch(batch)
         records, folders = [], set()
-        for t, image in zip(batch, images):
+        for t, image in list(zip(batch, images))[:count]:
             path = out / t.relpath
             write_synthetic_image(
                 path,
