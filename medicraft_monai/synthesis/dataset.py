@@ -236,8 +236,14 @@ class SyntheticDataset(Dataset):
         task = self.tasks[index]
         path = self.root / task.relpath
         if path.is_file():
-            with contextlib.suppress(FileNotFoundError):  # removed by another process's eviction just now
-                os.utime(path)
+            evicted = False
+            try:
+                os.utime(path)  # its last use, for the eviction of the least recently used
+            except FileNotFoundError:  # removed by another process's eviction just now: sample it again
+                evicted = True
+            except OSError:  # a cache that cannot be written (read-only): read it as it is
+                pass
+            if not evicted:
                 self.stats["reused"] += 1
                 return path
         block, listed = self._block(task)
