@@ -734,6 +734,11 @@ def _is_flag(token: str) -> bool:
     return token.startswith("--") or re.match(r"^-[a-zA-Z]", token) is not None
 
 
+def _takes_switch(param) -> bool:
+    """Whether an option is a switch (``--flag`` / ``--noflag``): its default or its annotation is a bool."""
+    return isinstance(param.default, bool) or "bool" in str(param.annotation)
+
+
 def _suggest(word: str, choices: Sequence[str], prefix: str = "") -> str:
     """'; did you mean X?' for the closest of ``choices`` (difflib), else the list of choices."""
     import difflib
@@ -747,7 +752,8 @@ def _suggest(word: str, choices: Sequence[str], prefix: str = "") -> str:
 def _check_command_line(cli: object, args: Sequence[str]) -> None:
     """Refuse, before anything runs, a command line that python-fire would misread: an unknown command, an option
     the command does not have (``--exam`` for ``--exams``: fire would run the command with the default and then
-    print "Could not consume arg"), a missing required argument or one argument too many. Each is a
+    print "Could not consume arg"), an option that needs a value given none (fire would pass ``True``), a missing
+    required argument or one argument too many. Each is a
     :class:`ValueError` naming the command, the option and the closest valid one. Options are those of the command's
     signature as fire reads them (``--name value``, ``--name=value``, ``--flag``, ``--noflag``, ``--some-name``, a
     one-letter ``-n`` when one option starts with it); a command taking ``**settings`` takes any option, and
@@ -792,7 +798,8 @@ def _check_command_line(cli: object, args: Sequence[str]) -> None:
             continue
         key = token.lstrip("-").split("=", 1)[0].replace("-", "_")
         alone = "=" not in token and (k + 1 == len(rest) or _is_flag(rest[k + 1]))
-        if key not in names and alone and key.startswith("no") and key[2:] in names:
+        negated = key not in names and alone and key.startswith("no") and key[2:] in names
+        if negated:
             key = key[2:]
         elif key not in names and len(key) == 1 and [n[0] for n in names].count(key) == 1:
             key = next(n for n in names if n[0] == key)
@@ -803,6 +810,8 @@ def _check_command_line(cli: object, args: Sequence[str]) -> None:
             raise ValueError(
                 f"{where}: unknown option {flag}{_suggest(key, names, '--')} (medicraft {where} --help lists the options)"
             )
+        if alone and not negated and not _takes_switch(params[key]):  # fire would pass True
+            raise ValueError(f"{where}: --{key} needs a value (--{key} VALUE, or --{key}=VALUE)")
         given.add(key)
         k += 1 if alone or "=" in token else 2
     free = [n for n in names if n not in given]

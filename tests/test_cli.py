@@ -304,6 +304,10 @@ def test_a_mistyped_command_line_is_refused_before_anything_runs_naming_the_clos
         (["phantom"], "phantom: missing OUTPUT_DIR (usage: medicraft phantom OUTPUT_DIR [--option VALUE ...])"),
         (["review", "export", "s"], "review export: missing OUTPUT_DIR (usage: medicraft review export STUDIES OUTPUT_DIR"),
         (["info", "a.png", "b.png"], "info: unexpected argument 'b.png' (usage: medicraft info [--option VALUE ...])"),
+        # fire passed True: a datalist seeded with 1, a traceback for --output, one phantom exam
+        (["datalist", str(out / "images"), "--seed"], "datalist: --seed needs a value (--seed VALUE, or --seed=VALUE)"),
+        (["datalist", str(out / "images"), "--output", "--strict"], "datalist: --output needs a value"),
+        (["phantom", str(out), "-e", "--overwrite"], "phantom: --exams needs a value"),
     ]  # fmt: skip
     for args, message in cases:
         proc = run_cli(*args, check=False, cwd=tmp_path)
