@@ -328,6 +328,8 @@ def test_a_mistyped_command_line_is_refused_before_anything_runs_naming_the_clos
         ["bundle", "export", "--from", "oct_ddpm", "--ckpt_path", "m.pt", "--output_dir", "o", "--channels", "[8]"],
         ["review", "export", "S", "O", "--rule", "majority"],
         ["label", "app-dir"],
+        ["zoo", "list", "--descending", "--as_json", "--task", "generation"],
+        ["generate", "oct_ldm", "out", "--class_name", "CNV,DME", "--num_samples", "2", "--noprogress"],
         ["phantom", "--help"],
         ["multiply", "-h"],
         ["review"],
