@@ -68,8 +68,14 @@ def _touches(case: Case, path: str) -> bool:
     return any(path == a or path.startswith(a.rstrip("/") + "/") for a in case.args if a.startswith("/"))
 
 
+@dataclass
+class Corpus:
+    by_kind: dict[str, list[Outcome]]
+    line: str  # "bad inputs tried: N / handled with a clear error: N / files lost: N"
+
+
 @pytest.fixture(scope="module")
-def outcomes(tmp_path_factory, oct2017_dir: Path, oct2017_manifest, request) -> dict[str, list[Outcome]]:
+def corpus(tmp_path_factory, oct2017_dir: Path, oct2017_manifest, request) -> Corpus:
     """Every case run once (two at a time); the whole corpus is hashed before and after, and a file lost or changed
     is charged to the cases whose command line names it or a folder above it."""
     root = tmp_path_factory.mktemp("bad_inputs")
@@ -94,11 +100,17 @@ def outcomes(tmp_path_factory, oct2017_dir: Path, oct2017_manifest, request) -> 
     for outcome in (o for v in result.values() for o in v):  # shown with -s or when a case fails
         print(f"{outcome.case.id}: exit {outcome.returncode}: {outcome.last}")
     print(line)
-    return result
+    return Corpus(result, line)
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_every_command_refuses_the_bad_input_clearly_and_keeps_every_file(kind: str, outcomes) -> None:
-    assert outcomes[kind], f"no case of {kind}"
-    problems = [p for outcome in outcomes[kind] for p in outcome.problems()]
+def test_every_command_refuses_the_bad_input_clearly_and_keeps_every_file(kind: str, corpus: Corpus) -> None:
+    assert corpus.by_kind[kind], f"no case of {kind}"
+    problems = [p for outcome in corpus.by_kind[kind] for p in outcome.problems()]
     assert not problems, "\n".join(problems)
+
+
+def test_the_docs_quote_the_counts_of_this_corpus(corpus: Corpus) -> None:
+    """docs/datalists.md states the line this run measured (so a case added or a file lost shows up there)."""
+    docs = " ".join((Path(__file__).parents[1] / "docs" / "datalists.md").read_text().split())
+    assert f"**{corpus.line}**" in docs, f"docs/datalists.md should say **{corpus.line}**"
