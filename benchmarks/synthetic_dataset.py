@@ -17,10 +17,10 @@ The cold/generator ratio says how much of the generator's own rate a training ru
 Usage::
 
     python benchmarks/synthetic_dataset.py [--bundle oct_ldm] [--per-class 16] [--batch-size 8] [--workers 0]
-        [--steps N] [--device cpu] [--threads 2] [--repeats 3] [--quick]
+        [--steps N] [--device cpu] [--threads 2] [--repeats 3] [--random-weights] [--quick]
 
 ``--bundle`` is a shipped generator's name, a folder or a release archive (default ``oct_ldm``; it needs trained
-weights). ``--quick`` (CI size) uses a tiny oct_ddpm with random weights (speed does not depend on their values), 4
+weights, or ``--random-weights``: its own settings with random weights, the same speed). ``--quick`` (CI size) uses a tiny oct_ddpm with random weights (speed does not depend on their values), 4
 images per class in blocks of 4. The dataset samples whole blocks: a count per class that is not a multiple of the
 block size costs the rest of its last block in sampling.
 """
@@ -55,6 +55,33 @@ def tiny_random_bundle(folder: Path) -> Path:
     return export_bundle(bundle_path("oct_ddpm"), weights, folder / "tiny_oct_ddpm", settings)["bundle_root"]
 
 
+def random_weights_copy(bundle: str, folder: Path) -> Path:
+    """A copy of a bundle with random weights of its own settings: the UNet (``models/model.pt``) and, for a latent
+    generator, the autoencoder and ``latent.json`` (scale factor 1). Sampling speed does not depend on the values."""
+    import json
+
+    import torch
+
+    from medicraft_monai.bundles import resolve_bundle
+    from medicraft_monai.networks import bundle_parser, randomise_zero_weights
+    from medicraft_monai.utils import file_sha256
+
+    source = resolve_bundle(bundle)
+    copy = Path(shutil.copytree(source, folder / source.name, ignore=shutil.ignore_patterns("models")))
+    (copy / "models").mkdir()
+    parser = bundle_parser(copy)
+    torch.manual_seed(0)
+    torch.save(
+        randomise_zero_weights(parser.get_parsed_content("network_def")).state_dict(), copy / "models" / "model.pt"
+    )
+    if "autoencoder_def" in parser:
+        autoencoder = copy / "models" / "autoencoder.pt"
+        torch.save(parser.get_parsed_content("autoencoder_def").state_dict(), autoencoder)
+        latent = {"scale_factor": 1.0, "autoencoder_sha256": file_sha256(autoencoder)}
+        (copy / "models" / "latent.json").write_text(json.dumps(latent))
+    return copy
+
+
 def rate(loader, repeats: int = 1) -> tuple[float, int]:
     """Images per second of iterating ``loader`` ``repeats`` times (the best pass), and the images per pass."""
     best, count = float("inf"), 0
@@ -78,6 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--repeats", type=int, default=3, help="passes over the warm cache and the disk set (best kept)")
     ap.add_argument("--quick", action="store_true", help="tiny random-weight generator, 4 images per class")
+    ap.add_argument("--random-weights", action="store_true", help="the bundle's settings with random weights")
     ap.add_argument("--output", default=None, help="also write the figures to this JSON file")
     args = ap.parse_args(argv)
 
@@ -92,7 +120,10 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="medicraft-synthetic-benchmark-"))
     try:
-        bundle = tiny_random_bundle(work) if args.quick else args.bundle
+        if args.quick:
+            bundle = tiny_random_bundle(work)
+        else:
+            bundle = random_weights_copy(args.bundle, work) if args.random_weights else args.bundle
         per_class, block_size = (4, 4) if args.quick else (args.per_class, args.batch_size)
         generator = load_generator(bundle, device=args.device)
         steps = args.steps or generator.num_inference_steps
