@@ -301,7 +301,7 @@ def test_inference_writes_decoded_images_marked_with_both_checksums(
             image, meta = read_bscan(a)
             assert image.shape == (32, 64) and meta["synthetic"] is True
             prov = meta["provenance"]
-            assert (prov["class_name"], prov["seed"], prov["steps"], prov["sampler"]) == (cls, seed, 4, "ddim")
+            assert (prov["class_name"], prov["seed"], prov["steps"], prov["sampler"]) == (cls, seed, 4, "dpmpp_2m")
             assert prov["model_sha256"] == file_sha256(diffusion["model"])
             assert prov["autoencoder_sha256"] == file_sha256(autoencoder["ckpt"])
     a7, a8 = png(synthetic_png_path(sampled["a"], "CNV", 7)), png(synthetic_png_path(sampled["a"], "CNV", 8))

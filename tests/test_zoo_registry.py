@@ -143,8 +143,10 @@ def test_zoo_list_and_info_on_the_command_line(releases: Path, medicraft) -> Non
     )  # fmt: skip
     assert listed.returncode == 0, listed.stderr
     names = [line.split()[:2] for line in listed.stdout.splitlines()[2:]]
-    assert names[:2] == [["tiny_oct_ddpm", "1.1.0"], ["tiny_oct_ddpm", "1.0.0"]]
-    assert "12.25" in listed.stdout.splitlines()[2] and "archive:" in listed.stdout.splitlines()[2]
+    # the shipped oct_ldm (Frechet distance 5.87 on held-out OCT2017 patients) ranks before the tiny archives
+    ldm_version = json.loads((bundles_root() / "oct_ldm" / "configs" / "metadata.json").read_text())["version"]
+    assert names[:3] == [["oct_ldm", ldm_version], ["tiny_oct_ddpm", "1.1.0"], ["tiny_oct_ddpm", "1.0.0"]]
+    assert "12.25" in listed.stdout.splitlines()[3] and "archive:" in listed.stdout.splitlines()[3]
     as_json = medicraft("zoo", "list", "--paths", str(releases), "--as_json")
     assert as_json.returncode == 0, as_json.stderr
     entries = json.loads(as_json.stdout)
@@ -155,7 +157,9 @@ def test_zoo_list_and_info_on_the_command_line(releases: Path, medicraft) -> Non
     assert newest.stdout.startswith("tiny_oct_ddpm 1.1.0: ") and "frechet_distance: 12.25" in newest.stdout
     assert f"classes: {', '.join(CLASSES)}" in newest.stdout and "model card (docs/README.md): " in newest.stdout
     shipped = medicraft("zoo", "info", "oct_ldm")
-    assert "eval_metrics: unmeasured" in shipped.stdout, shipped.stdout
+    assert "eval_metrics:\n" in shipped.stdout and "  TSTR_balanced_accuracy: " in shipped.stdout, shipped.stdout
+    unmeasured = medicraft("zoo", "info", "oct_ddpm")
+    assert "eval_metrics: unmeasured" in unmeasured.stdout, unmeasured.stdout
     missing = medicraft("zoo", "info", "no_such_bundle")
     assert missing.returncode == 2 and "'no_such_bundle': no bundle of that name at hand (known: " in missing.stderr
     assert info(releases / "tiny_oct_ddpm").version == "1.0.0"
