@@ -28,6 +28,7 @@ from typing import Any
 from medicraft_monai.bundles import COMMON_CONFIG, archive_bundle_name, bundles_root, list_bundles
 
 __all__ = [
+    "HEADLINE_METRICS",
     "SOURCES",
     "TASKS",
     "ZooEntry",
@@ -361,16 +362,29 @@ def _number(value: float) -> str:
     return f"{int(value)}" if value == int(value) and abs(value) >= 10 else f"{value:.4g}"
 
 
-#: words of a metric name that make it a count of the test data rather than a measure of quality
-_COUNT_WORDS = {"images", "patients", "exams", "count", "num", "n"}
+HEADLINE_METRICS = (
+    "TSTR_over_TRTR",
+    "frechet_distance",
+    "anatomy_pass_rate_synthetic",
+    "memorisation_exact_copies",
+    "balanced_accuracy",
+    "macro_f1",
+)
+"""The metrics ``zoo list`` shows first when a bundle reports them (a generator's utility, fidelity, anatomy and
+privacy; a classifier's balanced accuracy)."""
+
+#: words of a metric name that make it a count of the test data or a setting rather than a measure of quality
+_NOT_QUALITY = {"images", "patients", "exams", "count", "num", "n", "steps", "epochs", "guidance", "scale"}
 
 
 def _metrics_text(entry: ZooEntry, limit: int = 3) -> str:
-    """The first ``limit`` measures of quality (counts of test data left out) and how many more there are."""
+    """The first ``limit`` measures of quality (the :data:`HEADLINE_METRICS` first; counts and settings left out)
+    and how many more numbers there are."""
     metrics = entry.metrics
     if not metrics:
         return "unmeasured"
-    quality = [k for k in metrics if not _COUNT_WORDS & set(re.split(r"[^a-z0-9]+", k.lower()))] or list(metrics)
+    quality = [k for k in metrics if not _NOT_QUALITY & set(re.split(r"[^a-z0-9]+", k.lower()))] or list(metrics)
+    quality.sort(key=lambda k: HEADLINE_METRICS.index(k) if k in HEADLINE_METRICS else len(HEADLINE_METRICS))
     shown = ", ".join(f"{k} {_number(metrics[k])}" for k in quality[:limit])
     return shown + (f" (+{len(metrics) - limit})" if len(metrics) > limit else "")
 

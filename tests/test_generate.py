@@ -164,3 +164,18 @@ def test_medicraft_generate_writes_what_the_python_call_writes(bundle: Path, tmp
     wrong = medicraft("generate", str(bundle), str(tmp_path / "x"), "--class_name", "melanoma")
     assert wrong.returncode == 2 and "unknown class 'melanoma'" in wrong.stderr and "Traceback" not in wrong.stderr
     assert not (tmp_path / "x").exists(), "nothing is written before the class is checked"
+
+
+def test_the_shipped_oct_ldm_generates_out_of_the_box() -> None:
+    """The trained oct_ldm shipped in bundles/ (weights, autoencoder, latent.json) by its name alone."""
+    root = REPO / "bundles" / "oct_ldm"
+    classes = json.loads((root / "configs" / "common.json").read_text())["class_names"]
+    images = medicraft_monai.generate("oct_ldm", class_name=classes[-1], num_samples=2, seed=0, steps=4, device="cpu")
+    size = json.loads((root / "configs" / "common.json").read_text())["image_size"]
+    assert [im.shape for im in images] == [(1, *size)] * 2 and all(0 <= im.min() <= im.max() <= 1 for im in images)
+    assert all(float(im.std()) > 0.02 for im in images), "decoded B-scans, not a flat image"
+    assert not torch.equal(images[0].as_tensor(), images[1].as_tensor())
+    meta = images[0].meta
+    assert meta["bundle"] == "oct_ldm" and meta["class_name"] == classes[-1] and meta["steps"] == 4
+    assert meta["model_sha256"] == file_sha256(root / "models" / "model.pt")
+    assert meta["autoencoder_sha256"] == file_sha256(root / "models" / "autoencoder.pt")

@@ -114,6 +114,26 @@ def test_unmeasured_bundles_are_listed_but_never_ranked(medicraft) -> None:
         assert rows[name][5:7] == ["-", "-" if _metadata(bundles_root() / name)["eval_metrics"] else "unmeasured"]
 
 
+def test_the_shipped_generators_rank_by_their_measured_frechet_distance(medicraft) -> None:
+    """oct_ldm ships weights measured by the evaluation; oct_ddpm ships none: ranked first, listed unranked."""
+    measured = {e.name: e for e in scan() if e.task == "generation" and e.metric("frechet_distance") is not None}
+    ranked = find(task="generation", sort_by="frechet_distance")
+    assert [e.name for e in ranked[: len(measured)]] == sorted(
+        measured, key=lambda n: measured[n].metric("frechet_distance")
+    )
+    assert "oct_ldm" in measured and "oct_ddpm" not in measured and ranked[-1].name == "oct_ddpm"
+    assert (
+        ranked[0].metric("frechet_distance")
+        == _metadata(bundles_root() / ranked[0].name)["eval_metrics"]["frechet_distance"]
+    )
+    row = next(
+        line
+        for line in medicraft("zoo", "list", "--task", "generation").stdout.splitlines()
+        if line.startswith("oct_ldm")
+    )
+    assert "TSTR_over_TRTR" in row and "frechet_distance" in row, "the headline numbers, not the settings, are shown"
+
+
 def test_folders_and_packed_archives_are_ranked_by_a_metric_smallest_distance_first(releases: Path) -> None:
     found = find(task="generation", sort_by="frechet_distance", paths=[releases], shipped=False)
     assert [(e.name, e.version, e.source) for e in found] == [
