@@ -350,7 +350,15 @@ def test_phantom_interrupted_exits_130_without_partial_files_and_a_rerun_resumes
 
     out = tmp_path / "ph"
     args = [str(MEDICRAFT), "phantom", str(out), "--exams", "30", "--height", "64", "--width", "128", "--seed", "1"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C as at a terminal: a test runner's worker may ignore SIGINT, and a child inherits an ignored signal (then
+    # Python installs no KeyboardInterrupt handler), so the child starts with the default disposition
+    proc = subprocess.Popen(
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     record = out / "phantom_files.json"
     deadline = time.time() + 120
     while not record.exists() and proc.poll() is None and time.time() < deadline:
