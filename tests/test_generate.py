@@ -8,6 +8,7 @@ be given as a folder, a packed release archive or a shipped bundle's name.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -144,8 +145,9 @@ def test_generate_names_the_problem(bundle: Path, tmp_path: Path) -> None:
         medicraft_monai.generate(tmp_path / "notes.zip")
     with pytest.raises(ValueError, match="num_samples must be a whole number >= 0"):
         medicraft_monai.generate(bundle, num_samples=-1)
-    with pytest.raises(GeneratorError, match="model.pt"):  # a shipped bundle whose weights are not there
-        medicraft_monai.generate("oct_ddpm", class_name="healthy")
+    no_weights = Path(shutil.copytree(bundle, tmp_path / "no_weights", ignore=shutil.ignore_patterns("model.pt")))
+    with pytest.raises(GeneratorError, match="model.pt"):  # a bundle folder whose weights are not there
+        medicraft_monai.generate(no_weights, class_name="CNV")
 
 
 def test_medicraft_generate_writes_what_the_python_call_writes(bundle: Path, tmp_path: Path) -> None:

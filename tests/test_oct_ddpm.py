@@ -218,7 +218,7 @@ def test_a_killed_run_resumes_where_its_checkpoint_stopped(trained: dict) -> Non
 
 
 def test_training_refuses_a_datalist_whose_classes_are_not_class_names(datalist: Path, tmp_path: Path) -> None:
-    net = {k: v for k, v in TINY_NET.items() if k != "class_names"}  # default classes: healthy, benign, melanoma
+    net = {**TINY_NET, "class_names": ["healthy", "benign", "melanoma"]}  # the phantom's, not the datalist's
     proc = run(bundle_cmd(["train.json"], tmp_path, datalist=str(datalist), **net, **TINY_TRAIN), expect_ok=False)
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr

@@ -250,6 +250,7 @@ def test_bundle_config_selects_the_solver(tmp_path: Path, tiny_unet) -> None:
     ckpt = tmp_path / "model.pt"
     torch.save(tiny_unet.state_dict(), ckpt)
     overrides = {
+        "class_names": ["healthy", "benign", "melanoma"],  # the tiny UNet's 3 classes + null
         "image_size": [16, 32],
         "channels": [8, 16],
         "attention_levels": [False, True],

@@ -115,13 +115,13 @@ def test_unmeasured_bundles_are_listed_but_never_ranked(medicraft) -> None:
 
 
 def test_the_shipped_generators_rank_by_their_measured_frechet_distance(medicraft) -> None:
-    """oct_ldm ships weights measured by the evaluation; oct_ddpm ships none: ranked first, listed unranked."""
+    """Both generators ship weights measured by the evaluation: ranked by their Frechet distance, smallest first."""
     measured = {e.name: e for e in scan() if e.task == "generation" and e.metric("frechet_distance") is not None}
     ranked = find(task="generation", sort_by="frechet_distance")
     assert [e.name for e in ranked[: len(measured)]] == sorted(
         measured, key=lambda n: measured[n].metric("frechet_distance")
     )
-    assert "oct_ldm" in measured and "oct_ddpm" not in measured and ranked[-1].name == "oct_ddpm"
+    assert {"oct_ldm", "oct_ddpm"} <= set(measured)
     assert (
         ranked[0].metric("frechet_distance")
         == _metadata(bundles_root() / ranked[0].name)["eval_metrics"]["frechet_distance"]
@@ -163,9 +163,15 @@ def test_zoo_list_and_info_on_the_command_line(releases: Path, medicraft) -> Non
     )  # fmt: skip
     assert listed.returncode == 0, listed.stderr
     names = [line.split()[:2] for line in listed.stdout.splitlines()[2:]]
-    # the shipped oct_ldm (Frechet distance 5.87 on held-out OCT2017 patients) ranks before the tiny archives
-    ldm_version = json.loads((bundles_root() / "oct_ldm" / "configs" / "metadata.json").read_text())["version"]
-    assert names[:3] == [["oct_ldm", ldm_version], ["tiny_oct_ddpm", "1.1.0"], ["tiny_oct_ddpm", "1.0.0"]]
+    # smallest Frechet distance first: the shipped oct_ldm (5.87 on held-out OCT2017 patients), the newer tiny
+    # archive (12.25), the shipped oct_ddpm (13.4), the older tiny folder (40.5)
+    version = {n: _metadata(bundles_root() / n)["version"] for n in ("oct_ldm", "oct_ddpm")}
+    assert names[:4] == [
+        ["oct_ldm", version["oct_ldm"]],
+        ["tiny_oct_ddpm", "1.1.0"],
+        ["oct_ddpm", version["oct_ddpm"]],
+        ["tiny_oct_ddpm", "1.0.0"],
+    ]
     assert "12.25" in listed.stdout.splitlines()[3] and "archive:" in listed.stdout.splitlines()[3]
     as_json = medicraft("zoo", "list", "--paths", str(releases), "--as_json")
     assert as_json.returncode == 0, as_json.stderr
@@ -178,7 +184,9 @@ def test_zoo_list_and_info_on_the_command_line(releases: Path, medicraft) -> Non
     assert f"classes: {', '.join(CLASSES)}" in newest.stdout and "model card (docs/README.md): " in newest.stdout
     shipped = medicraft("zoo", "info", "oct_ldm")
     assert "eval_metrics:\n" in shipped.stdout and "  TSTR_balanced_accuracy: " in shipped.stdout, shipped.stdout
-    unmeasured = medicraft("zoo", "info", "oct_ddpm")
+    unmeasured = medicraft(
+        "zoo", "info", "tiny_unmeasured", "--paths", str(releases)
+    )  # every shipped bundle is measured
     assert "eval_metrics: unmeasured" in unmeasured.stdout, unmeasured.stdout
     missing = medicraft("zoo", "info", "no_such_bundle")
     assert missing.returncode == 2 and "'no_such_bundle': no bundle of that name at hand (known: " in missing.stderr
