@@ -37,7 +37,13 @@ IDS = [b.name for b in BUNDLES]
 #: weight checks must pass (files present, loading into their networks, TorchScript traced with them); for a bundle
 #: not listed they must fail, and its metadata must not claim weights (an empty eval_metrics). So weights that land
 #: without this list, or a list entry or metrics without weights, fail here instead of being skipped.
-SHIPS_WEIGHTS: list[str] = ["oct_classifier", "oct_synthesis_eval", "oct_ldm"]
+SHIPS_WEIGHTS: list[str] = [
+    "oct_classifier",
+    "oct_synthesis_eval",
+    "oct_ldm",
+    "oct_ddpm",
+    "oct_context_restoration",
+]
 
 pytestmark = pytest.mark.filterwarnings("ignore:No hash value provided")  # the local schema copy has no hash
 
