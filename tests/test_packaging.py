@@ -135,6 +135,7 @@ def test_the_wheel_ships_the_bundles_and_runs_one_outside_the_checkout(source: P
         "datalist": str(elsewhere / "data" / "datalist.json"),
         "ckpt_dir": str(elsewhere / "model"),
         "log_dir": str(elsewhere / "logs"),
+        "class_names": ["healthy", "benign", "melanoma"],  # the phantom's (the bundle's default: OCT2017's)
         "image_size": [16, 32],
         "channels": [8, 16],
         "attention_levels": [False, False],
