@@ -28,11 +28,12 @@ datalist = restoration.datalist  # the fixture: 3 training, 1 validation, 2 test
 pytestmark = pytest.mark.filterwarnings("ignore:parsing config_file")  # monai.bundle's trust notice
 
 
-def workflow(name: str, config: str, workflow_type: str, root: Path, **overrides) -> None:
-    """Run ``configs/common.json`` + ``configs/<config>`` of bundle ``name`` with ``bundle_root`` = ``root``."""
+def workflow(name: str, config: str | list[str], workflow_type: str, root: Path, **overrides) -> None:
+    """Run ``configs/common.json`` + ``configs/<config>`` (several: layered in order) of bundle ``name`` with
+    ``bundle_root`` = ``root``."""
     bundle = REPO / "bundles" / name
     flow = ConfigWorkflow(
-        config_file=[str(p) for p in config_files(bundle, config)],
+        config_file=[str(p) for p in config_files(bundle, *([config] if isinstance(config, str) else config))],
         meta_file=str(bundle / "configs" / "metadata.json"),
         logging_file=str(bundle / "configs" / "logging.conf"),
         workflow_type=workflow_type,

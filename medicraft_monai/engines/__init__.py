@@ -3,6 +3,7 @@ latent diffusion) and the training records written next to the weights (with the
 
 from __future__ import annotations
 
+from .finetune import ENCODER_MODULES, FreezeModulesHandler, ParentGenerator, TimeBudgetHandler
 from .handlers import ClassSampleGridHandler
 from .latent import (
     AutoencoderKLUpdate,
@@ -26,6 +27,7 @@ from .training_handlers import EMAWarmupSync, FixedSeedHandler, ProgressBarHandl
 
 __all__ = [
     "DIFFUSION_SETTINGS_FILE",
+    "ENCODER_MODULES",
     "LATENT_INFO_FILE",
     "AutoencoderKLUpdate",
     "ClassConditionedPrepareBatch",
@@ -33,11 +35,14 @@ __all__ = [
     "DiffusionSettingsWriter",
     "EMAWarmupSync",
     "FixedSeedHandler",
+    "FreezeModulesHandler",
     "GeneratorError",
     "LatentInfoWriter",
+    "ParentGenerator",
     "ProgressBarHandler",
     "ReconstructionGridHandler",
     "ReconstructionPrepareBatch",
+    "TimeBudgetHandler",
     "TrainingRecordWriter",
     "check_diffusion_settings",
     "kl_loss",

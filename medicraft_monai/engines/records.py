@@ -142,17 +142,20 @@ class LatentInfoWriter(TrainingRecordWriter):
     Args:
         path: the JSON file (``models/latent.json``).
         cache: the training split's :class:`~medicraft_monai.data.latent_cache.LatentCache`.
+        scale_factor: the scale factor the diffusion model is trained with (default: the cache's own; a fine-tuning
+            run keeps its parent's, :meth:`~medicraft_monai.engines.finetune.ParentGenerator.latent_info`).
     """
 
     description = "latent scale factor"
 
-    def __init__(self, path: str | PathLike, cache: LatentCache) -> None:
+    def __init__(self, path: str | PathLike, cache: LatentCache, scale_factor: float | None = None) -> None:
         super().__init__(path)
         self.cache = cache
+        self.scale_factor = None if scale_factor is None else float(scale_factor)
 
     def info(self) -> dict[str, Any]:
         return {
-            "scale_factor": self.cache.scale_factor,
+            "scale_factor": self.cache.scale_factor if self.scale_factor is None else self.scale_factor,
             "autoencoder_sha256": self.cache.autoencoder_sha256,
             "latent_shape": [int(s) for s in self.cache.mu.shape[2:]],
             "num_training_images": len(self.cache),

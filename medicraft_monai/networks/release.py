@@ -299,6 +299,19 @@ held-out data), known failure modes.
 """
 
 
+def _recorded_classes(ckpt: Path, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"class_names": [...]}`` from the ``diffusion.json`` beside the weights when the overrides do not name the
+    classes (a fine-tuned generator's classes are recorded there), else nothing."""
+    record = ckpt.parent / "diffusion.json"
+    if "class_names" in settings or not record.is_file():
+        return {}
+    try:
+        names = json.loads(record.read_text()).get("class_names")
+    except (OSError, ValueError, AttributeError):
+        return {}  # a malformed record is reported where the weights are loaded for sampling
+    return {"class_names": [str(c) for c in names]} if isinstance(names, list) and names else {}
+
+
 def export_bundle(
     source: str | PathLike,
     ckpt_path: str | PathLike,
@@ -315,6 +328,7 @@ def export_bundle(
     changelog, classes and shapes of the new settings, and where it was exported from), ``docs/README.md`` (a model
     card stub) and the ``LICENSE``. So ``medicraft multiply --bundle_root OUTPUT_DIR`` and ``python -m monai.bundle
     run --bundle_root OUTPUT_DIR --config_file "['.../common.json','.../inference.json']"`` need no overrides.
+    The classes default to those in the ``diffusion.json`` beside the weights (what a fine-tuning run recorded).
 
     Every argument is checked before anything is written: the source bundle, the override keys (only keys that
     ``configs/common.json`` defines: the network, classes, image size, diffusion settings), the weights (they must
@@ -353,6 +367,7 @@ def export_bundle(
             "size, diffusion) are part of a trained model"
         )
     ckpt = check_checkpoint_file(ckpt_path, "trained weights")
+    settings = {**_recorded_classes(ckpt, settings), **settings}
     out = Path(output_dir).resolve()
     if out == src or out.is_relative_to(src) or src.is_relative_to(out):
         raise ValueError(f"{output_dir}: overlaps the source bundle {src}; pick a new folder")

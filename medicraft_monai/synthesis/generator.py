@@ -21,7 +21,8 @@ The contract of ``configs/inference.json`` (keys a generator bundle defines):
   (:func:`~medicraft_monai.engines.records.check_diffusion_settings`).
 
 An inferer that holds further weights (the autoencoder of a latent generator) may expose ``checksums``, a mapping
-``{name: sha256}``; they go into the provenance as ``<name>_sha256`` next to ``model_sha256``.
+``{name: sha256}``; they go into the provenance as ``<name>_sha256`` next to ``model_sha256``. Fine-tuned weights
+add ``parent_sha256``, the checksum of the weights they were fine-tuned from (recorded in their ``diffusion.json``).
 """
 
 from __future__ import annotations
@@ -62,6 +63,14 @@ def _parsed_or_generator_error(parser: ConfigParser, key: str) -> Any:
                 raise GeneratorError(str(cause)) from None
             cause = cause.__cause__
         raise
+
+
+def _parent_checksum(recorded: Mapping[str, Any] | None) -> dict[str, str]:
+    """``{"parent": sha256}`` for fine-tuned weights (their ``diffusion.json`` names the weights they started
+    from, :class:`~medicraft_monai.engines.finetune.ParentGenerator`), else nothing."""
+    parent = (recorded or {}).get("parent")
+    sha = parent.get("model_sha256") if isinstance(parent, Mapping) else None
+    return {"parent": str(sha)} if sha else {}
 
 
 @dataclass
@@ -201,8 +210,7 @@ class DiffusionGenerator:
             ckpt = check_checkpoint_file(ckpt_path, hint="train the bundle first or give --ckpt_path")
         except CheckpointError as err:
             raise GeneratorError(str(err)) from None
-        if diffusion_settings is not None:
-            check_diffusion_settings(ckpt, diffusion_settings)
+        recorded = check_diffusion_settings(ckpt, diffusion_settings) if diffusion_settings is not None else None
         names = [str(c) for c in class_names]
         n_embed = getattr(network, "num_class_embeds", None)
         if n_embed is not None and n_embed != len(names) + 1:
@@ -233,7 +241,10 @@ class DiffusionGenerator:
             guidance_scale=float(guidance_scale),
             device=dev,
             bundle_root=str(Path(bundle_root).resolve()),
-            component_checksums={str(k): str(v) for k, v in (getattr(inferer, "checksums", None) or {}).items()},
+            component_checksums={
+                **{str(k): str(v) for k, v in (getattr(inferer, "checksums", None) or {}).items()},
+                **_parent_checksum(recorded),
+            },
         )
 
     def class_index(self, name_or_index: str | int) -> int:
