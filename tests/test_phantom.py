@@ -419,3 +419,31 @@ def test_a_set_that_does_not_fit_on_the_disk_is_refused_up_front(tmp_path: Path,
     # a request that fits goes ahead
     write_phantom_dataset(out, n_exams=1, config=TINY, progress=False)
     assert len(list((out / "images").rglob("*.png"))) == 4
+
+
+@pytest.mark.parametrize("seed", [0, 4, 7])
+def test_min_patients_per_class_puts_a_rare_class_in_every_split(tmp_path: Path, seed: int) -> None:
+    """The demo's imbalanced phantom (6:3:1 of 30 exams: 3 melanoma exams) has every class in every split (without
+    the option, seeds 4 and 7 pair two melanoma eyes into one patient and leave the test split without one)."""
+    from medicraft_monai.data.datalist import build_datalist
+
+    prevalence = {"healthy": 6.0, "benign": 3.0, "melanoma": 1.0}
+    write_phantom_dataset(
+        tmp_path, n_exams=30, seed=seed, config=TINY, prevalence=prevalence, progress=False, min_patients_per_class=3
+    )
+    datalist = build_datalist(tmp_path / "images", strict=True, seed=seed, classes=list(prevalence))
+    for split in ("training", "validation", "test"):
+        assert {i[OCTKeys.LABEL] for i in datalist[split]} == {0, 1, 2}, split
+
+
+def test_min_patients_per_class_needs_enough_exams(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"'melanoma': 2.*give more exams"):
+        write_phantom_dataset(
+            tmp_path,
+            n_exams=24,
+            config=TINY,
+            prevalence={"healthy": 6.0, "benign": 3.0, "melanoma": 1.0},
+            progress=False,
+            min_patients_per_class=3,
+        )
+    assert not any(tmp_path.iterdir())  # refused before anything was written

@@ -153,6 +153,7 @@ def _plan_phantom(
     seed: int,
     config: PhantomConfig | None,
     defects: str | Mapping[str, float] | Sequence[str] | None,
+    min_patients_per_class: int = 0,
 ) -> _PhantomPlan:
     """Check every argument and draw the exams' classes, patients and defects; writes nothing."""
     fmt = str(fmt).lower()
@@ -176,6 +177,15 @@ def _plan_phantom(
     else:
         weights = [1.0] * len(names)
     counts = _largest_remainder(n_exams, weights)
+    min_p = int(min_patients_per_class)
+    if min_p < 0:
+        raise ValueError(f"min_patients_per_class must be >= 0, got {min_patients_per_class}")
+    short = {n: k for n, k in zip(names, counts) if 0 < k < min_p}
+    if short:
+        raise ValueError(
+            f"min_patients_per_class={min_p} needs at least {min_p} exams of every class, but {short} get fewer "
+            f"of {n_exams} exams with prevalence {dict(zip(names, weights))}: give more exams"
+        )
     rng = _rng(seed, 0x5E7)
     exam_classes = [name for name, k in zip(names, counts) for _ in range(k)]
     exam_classes = [exam_classes[i] for i in rng.permutation(n_exams)]
@@ -184,12 +194,21 @@ def _plan_phantom(
     # patients: one or two exams (two: both eyes of the same visit)
     exams: list[tuple[str, str, str]] = []
     p = 0
+    patients_of = dict.fromkeys(names, 0)  # patients per class so far; both eyes of one class make one patient
     while len(exams) < n_exams:
         p += 1
         pid = f"P{p:04d}"
-        if n_exams - len(exams) >= 2 and rng.random() < 0.5:
+        pair = n_exams - len(exams) >= 2 and rng.random() < 0.5
+        if pair and min_p:
+            a, b = exam_classes[len(exams)], exam_classes[len(exams) + 1]
+            left = exam_classes[len(exams) :].count(a)  # exams of a not yet given a patient, these two included
+            pair = a != b or patients_of[a] + left - 1 >= min_p
+        if pair:
+            for c in {exam_classes[len(exams)], exam_classes[len(exams) + 1]}:
+                patients_of[c] += 1
             exams += [(pid, "E1", "R"), (pid, "E2", "L")]
         else:
+            patients_of[exam_classes[len(exams)]] += 1
             exams.append((pid, "E1", "R" if rng.random() < 0.5 else "L"))
     settings = {
         "n_exams": n_exams,
@@ -199,6 +218,8 @@ def _plan_phantom(
         "exams_per_class": dict(zip(names, counts)),
         "config": to_jsonable(asdict(config), ndigits=6, where="config"),
     }
+    if min_p:  # only then: records of data sets written before the option stay valid
+        settings["min_patients_per_class"] = min_p
     return _PhantomPlan(settings, config, class_map, names, counts, exam_classes, plan, exams, fmt, int(seed))
 
 
@@ -346,6 +367,7 @@ def write_phantom_dataset(
     progress: bool = True,
     overwrite: bool = False,
     also_writes: Sequence[str] = (),
+    min_patients_per_class: int = 0,
 ) -> list[dict[str, Any]]:
     """Write a phantom data set: images, a manifest, the ground truth per exam and a summary.
 
@@ -378,6 +400,9 @@ def write_phantom_dataset(
         also_writes: files (relative to ``out_dir``) the caller writes next and lists in the record, such as
             :func:`make_phantom_dataset`'s ``datalist.json``: one that is there and not in the record is refused like
             a file under ``images/``.
+        min_patients_per_class: both eyes of a patient are of one class only while that class keeps at least this
+            many patients (0: eyes paired at random), so a rare class can have a patient in every split
+            (:func:`~medicraft_monai.data.datalist.split_by_patient` needs as many patients as splits).
 
     Every argument is checked before anything is written, and a request that does not fit on the disk is refused
     with the estimate. Each file is written atomically and listed, with its SHA-256, in ``out_dir/phantom_files.json``
@@ -394,7 +419,7 @@ def write_phantom_dataset(
     """
     from tqdm.auto import tqdm
 
-    plan = _plan_phantom(n_exams, classes, prevalence, fmt, seed, config, defects)
+    plan = _plan_phantom(n_exams, classes, prevalence, fmt, seed, config, defects, min_patients_per_class)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise OCTDataError(out, "output_dir exists and is not a folder")
@@ -531,6 +556,7 @@ def make_phantom_dataset(
     fractions: Sequence[float] = (0.7, 0.15, 0.15),
     progress: bool = True,
     overwrite: bool = False,
+    min_patients_per_class: int = 0,
 ) -> dict[str, Any]:
     """Write a phantom data set, its ground truth and a patient-split datalist (``output_dir/datalist.json``).
 
@@ -543,7 +569,8 @@ def make_phantom_dataset(
     settings resumes an interrupted one. An ``output_dir`` that holds a phantom data set of other settings is refused
     (its files would mix with the new ones) unless ``overwrite`` is set, which first deletes the files that set's
     record (``phantom_files.json``) lists, and nothing else; files the phantom did not write are never deleted (a
-    folder holding any is refused). See :func:`write_phantom_dataset`.
+    folder holding any is refused). ``min_patients_per_class=3`` gives every class (that has 3 exams) a patient in
+    each of the three splits. See :func:`write_phantom_dataset`.
     """
     out = Path(output_dir)
     fractions = _check_fractions(fractions)
@@ -560,6 +587,7 @@ def make_phantom_dataset(
         progress=progress,
         overwrite=overwrite,
         also_writes=("datalist.json",),
+        min_patients_per_class=min_patients_per_class,
     )
     class_order = list(classes) if classes else list(config.classes)  # the phantom's order, not alphabetical
     record = _read_record(out) or {"files": {}}
