@@ -320,7 +320,8 @@ class MedicraftCLI:
                 on the real training split), "pixels", a TorchScript file or a bundle folder. The report names it
                 with the SHA-256 of its weights.
             seeds: seeds of the utility study (default 0,1,2).
-            utility: train the TRTR/TSTR/TRTS/augmentation classifiers (--noutility to skip).
+            utility: train the TRTR/TSTR/TRTS classifiers, the imbalance ones (synthetic augmentation against class
+                weighting and oversampling) and the real-vs-synthetic detector (--noutility to skip).
             anatomy: run the anatomical plausibility checks (--noanatomy to skip).
             anatomy_profile: "phantom" (default) or "spectralis" (6 mm line scans such as OCT2017).
             epochs: classifier training epochs (default 30).

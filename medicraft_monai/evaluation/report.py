@@ -203,12 +203,13 @@ def _utility(m: Mapping[str, Any], out: Path) -> list[str]:
     metrics = ("accuracy", "balanced_accuracy", "macro_f1")
     rows = []
     for name, e in ex.items():
+        why = e.get("not_comparable")
         rows.append(
             [
                 name,
                 e["description"],
                 _f(float(np.mean(e["train_size"])), 0),
-                *(_mean_std(e["metrics"].get(k)) for k in metrics),
+                *((f"not comparable: {why}" if why else _mean_std(e["metrics"].get(k))) for k in metrics),
             ]
         )
     lines = [
@@ -235,11 +236,62 @@ def _utility(m: Mapping[str, Any], out: Path) -> list[str]:
     )
     lines += [f"![utility]({bars.relative_to(out)})", "", "Confusion matrices (mean over seeds, rows: true class):", ""]
     for name, e in ex.items():
+        if e.get("confusion_matrix_mean") is None:
+            lines += [f"{name}: not comparable ({e.get('not_comparable')}), no matrix.", ""]
+            continue
         png = save_confusion_matrix(
             e["confusion_matrix_mean"], names, out / "figures" / f"confusion_{name}.png", title=name
         )
         lines += [f"![{name}]({png.relative_to(out)})", ""]
+    return lines + _minority(util) + _detectability(util)
+
+
+def _minority(util: Mapping[str, Any]) -> list[str]:
+    """The imbalance study per subsampled class: recall and F1 of each remedy, and whether synthetic images win."""
+    minority = util.get("minority")
+    if not minority:
+        return []
+    lines = [
+        "### The minority classes: synthetic images against the usual remedies",
+        "",
+        "Recall and F1 of each subsampled class, mean ± std over seeds. *Beats* means real + synthetic is higher "
+        "by more than the larger seed standard deviation.",
+        "",
+    ]
+    for cls, block in minority.items():
+        rows = [
+            [exp, _mean_std(block["recall"][exp]), _mean_std(block["f1"][exp])]
+            + [_verdict(block["synthetic_beats"].get(exp, {}).get(m)) for m in ("recall", "f1")]
+            for exp in block["recall"]
+        ]
+        lines += [f"**{cls}** ({block['fraction_kept']:.0%} of its real training images kept):", ""]
+        lines += _table(["experiment", "recall", "F1", "real + synthetic beats it (recall)", "(F1)"], rows)
     return lines
+
+
+def _verdict(beats: Mapping[str, Any] | None) -> str:
+    if not beats:
+        return ""
+    if beats.get("beats") is None:
+        return str(beats.get("reason") or "n/a")
+    return f"{'yes' if beats['beats'] else 'no'} ({beats['difference']:+.3f}, spread {beats['spread']:.3f})"
+
+
+def _detectability(util: Mapping[str, Any]) -> list[str]:
+    """The real-vs-synthetic detector's AUC."""
+    det = util.get("detectability")
+    if not det:
+        return []
+    auc = f"not comparable: {det['not_comparable']}" if det.get("not_comparable") else _mean_std(det["auc"])
+    return [
+        "### Can a classifier tell synthetic images from real ones?",
+        "",
+        f"The same classifier trained on real training images against {det['synthetic_train_fraction']:.0%} of the "
+        f"synthetic images ({_f(float(np.mean(det['train_size'])), 0)} images), tested on the real test split "
+        f"against the held-out synthetic images ({_f(float(np.mean(det['test_size'])), 0)} images): AUC of "
+        f"'synthetic' **{auc}** (0.5: indistinguishable, 1.0: every image told apart).",
+        "",
+    ]
 
 
 def _features(m: Mapping[str, Any]) -> list[str]:
