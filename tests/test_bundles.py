@@ -84,8 +84,8 @@ GENERATOR_KEYS = [
 ]
 #: the file every other config of a bundle is layered on (``--config_file "['configs/common.json', ...]"``)
 COMMON = "common.json"
-#: model-zoo overlays: these files are run on top of train.json
-OVERLAYS = {"multi_gpu_train.json": "train.json", "evaluate.json": "train.json"}
+#: overlays: each of these files is run on top of the named config (model-zoo multi_gpu_train and evaluate, finetune)
+OVERLAYS = {"multi_gpu_train.json": "train.json", "evaluate.json": "train.json", "finetune.json": "train.json"}
 
 
 def _metadata(bundle: Path) -> dict:

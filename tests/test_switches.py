@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from monai.bundle import ConfigParser
+from test_bundles import OVERLAYS
 
 from medicraft_monai.utils import flag
 
@@ -33,8 +34,9 @@ def _layered(bundle: Path) -> list[list[Path]]:
         if p.name in ("common.json", "metadata.json") or "imports" in json.loads(p.read_text()):
             continue  # a standalone config (multiply.json, label_efficiency.json) has imports of its own
         files = [configs / "common.json", p]
-        if p.name in ("evaluate.json", "multi_gpu_train.json") and (configs / "train.json").is_file():
-            files.insert(1, configs / "train.json")
+        base = OVERLAYS.get(p.name)
+        if base and (configs / base).is_file():
+            files.insert(1, configs / base)
         out.append(files)
     return out
 
