@@ -26,6 +26,11 @@ def _as_list(value: str | Sequence[str] | None) -> list[str] | None:
     return [str(v) for v in value]
 
 
+def _numbers(value: str | float | Sequence) -> list[str]:
+    """A comma-separated option of numbers as fire passes it (a number, a string or a tuple), as texts."""
+    return _as_list(str(value) if isinstance(value, (int, float)) else value) or []
+
+
 def _text(value: int | float | str | Sequence) -> str | Sequence:
     """A single number from the command line as text, so that :func:`_as_list` reads it like "0" or "0,1"."""
     return str(value) if isinstance(value, (int, float)) else value
@@ -41,7 +46,7 @@ def _as_mapping(value: str | dict | None) -> dict | None:
 class MedicraftCLI:
     """medicraft_monai: multiply small OCT data sets with class-conditioned diffusion models.
 
-    Commands: phantom, datalist, multiply, generate, evaluate, label_efficiency, demo, info; label app_dir; review
+    Commands: phantom, datalist, multiply, generate, evaluate, choose_sampling, label_efficiency, demo, info; label app_dir; review
     export; bundle verify, pack, export; zoo list, info.
     """
 
@@ -358,6 +363,71 @@ class MedicraftCLI:
             settings.classifier = {**settings.classifier, "max_epochs": int(epochs)}
         evaluate_synthesis(real_datalist, synthetic_datalist, output_dir, settings, overwrite=overwrite)
 
+    def choose_sampling(
+        self,
+        datalist: str,
+        bundle: str = "oct_ddpm",
+        output_dir: str = "sampling_choice",
+        guidance: str | Sequence[float] = "1,2,3,5",
+        steps: str | Sequence[int] | int = "10",
+        seeds: str | Sequence[int] | int = "0,1",
+        image_size: Sequence[int] | None = None,
+        resize_mode: str = "crop",
+        epochs: int = 12,
+        device: str = "cpu",
+    ) -> None:
+        """Choose a generator's guidance scale and step count by TSTR on the real validation split (never test).
+
+        For every setting the generator samples every class (as many images as the real training split), a
+        classifier trains on them and is scored on the validation patients; the best setting is printed and written
+        with every score to ``output_dir/sampling_choice.json``. Record the choice in the model card and pass it to
+        ``medicraft multiply --guidance_scale G --steps N``.
+
+        Args:
+            datalist: the real datalist (patient-level training and validation splits).
+            bundle: the generator bundle (a shipped name, a folder or a release archive).
+            output_dir: where the synthetic sets, classifier runs and the result go.
+            guidance: guidance scales to try, comma-separated.
+            steps: step counts to try, comma-separated.
+            seeds: classifier seeds per setting.
+            image_size: H,W of the classifier (default: the generator's image size).
+            resize_mode: how real images reach that size (crop, as the shipped generators were trained, fit or
+                stretch).
+            epochs: classifier training epochs.
+            device: where to sample and train.
+        """
+        from medicraft_monai.evaluation import ClassifierSettings
+        from medicraft_monai.evaluation.sampling_choice import choose_sampling
+        from medicraft_monai.synthesis import load_generator
+
+        size = _as_list(image_size) if image_size is not None else None
+        if size is None:
+            size = list(load_generator(bundle, device="cpu").image_shape[1:])
+        classifier = ClassifierSettings(
+            image_size=tuple(int(v) for v in size),
+            max_epochs=int(epochs),
+            device=device,
+            overrides={"resize_mode": resize_mode},
+        )
+        result = choose_sampling(
+            datalist,
+            bundle,
+            output_dir,
+            guidance_scales=[float(v) for v in _numbers(guidance)],
+            steps=[int(v) for v in _numbers(steps)],
+            seeds=[int(v) for v in _numbers(seeds)],
+            classifier=classifier,
+            device=device,
+        )
+        print(f"TRTR on validation: {result['trtr']['mean']:.3f}")
+        for row in result["settings"]:
+            t = row["tstr"]
+            print(f"guidance {row['guidance_scale']:g}, {row['steps']} steps: TSTR {t['mean']:.3f} +- {t['std']:.3f}")
+        chosen = result["chosen"]
+        print(
+            f"chosen: guidance {chosen['guidance_scale']:g}, {chosen['steps']} steps ({output_dir}/sampling_choice.json)"
+        )
+
     def label_efficiency(
         self,
         datalist: str,
@@ -410,39 +480,50 @@ class MedicraftCLI:
         self,
         output_dir: str = "demo_output",
         data: str | None = None,
-        exams: int = 24,
+        exams: int | None = None,
         seed: int = 0,
+        minutes: float | None = None,
         epochs: int | None = None,
         steps: int | None = None,
+        scratch: bool = True,
         train: bool = True,
         quick: bool = False,
     ) -> None:
-        """The main job: build (or read) an OCT data set, train a small generator, multiply, and report.
+        """The main job: build (or read) an OCT data set, fine-tune the shipped generator, multiply, evaluate, report.
 
         Without ``--data`` it uses the built-in OCT phantom (an imbalanced set of healthy, benign and melanoma
-        exams). It splits the data by patient, trains ``bundles/oct_ddpm`` with small settings on the CPU,
-        balances the training split with synthetic images, and writes ``report.md``, ``samples.png`` and
-        ``summary.json`` to ``output_dir``.
+        exams, every class in every split). It splits the data by patient, fine-tunes the shipped
+        ``bundles/oct_ddpm`` weights to the data's classes on the CPU (``configs/finetune.json``), trains the same
+        network from scratch for the same time for comparison, balances the training split with synthetic images,
+        evaluates them on held-out patients and writes ``report.md``, ``samples.png`` and ``summary.json`` to
+        ``output_dir``.
 
         Args:
             output_dir: where everything is written.
             data: your data set (a folder per class, a CSV or a DICOM folder); default: the phantom.
-            exams: phantom exams to generate when no data is given.
+            exams: phantom exams to generate when no data is given (default 30).
             seed: random seed for the phantom, the split, training and sampling.
-            epochs: training epochs (default 50).
-            steps: sampling steps when multiplying (default: the oct_ddpm bundle's sampler and steps).
+            minutes: training budget of each route in minutes (default 3).
+            epochs: at most this many training epochs per route (default 500: the budget stops first).
+            steps: sampling steps (default: the oct_ddpm bundle's sampler and steps).
+            scratch: also train from scratch for comparison (--noscratch: fine-tune only).
             train: train and multiply (--notrain: the data stage and the report only).
-            quick: tiny settings that finish in well under a minute (a smoke test: the pictures are noise).
+            quick: tiny settings that finish in about a minute (a smoke test: the pictures are noise).
         """
         from medicraft_monai.demo import DemoSettings, run_demo
 
-        settings = DemoSettings.quick() if quick else DemoSettings(exams=exams)
+        settings = DemoSettings.quick() if quick else DemoSettings()
+        if exams is not None:
+            settings.exams = int(exams)
+        if minutes is not None:
+            settings.train_minutes = float(minutes)
         if epochs is not None:
             settings.max_epochs = int(epochs)
         if steps is not None:
             settings.sampling_steps = int(steps)
+        settings.compare_scratch = bool(scratch)
         settings.train = bool(train)
-        run_demo(output_dir, data=data, exams=settings.exams, seed=seed, settings=settings)
+        run_demo(output_dir, data=data, seed=seed, settings=settings)
 
     def info(self, file: str | None = None) -> None:
         """Print what the reader sees in an image file, or (without a file) the versions of medicraft_monai and of

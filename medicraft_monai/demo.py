@@ -4,11 +4,14 @@ On a fresh machine with no data it:
 
 1. writes an imbalanced **phantom** data set (radial exams of healthy eyes, nevi and melanomas) and a datalist
    split by patient (or reads the user's data set with ``--data``);
-2. trains a small class-conditioned diffusion model (``bundles/oct_ddpm``, run through ``monai.bundle``) for a
-   few minutes on the CPU;
-3. **multiplies** the training split so every class is as large as the largest one;
-4. writes a short report: counts per class before and after, a grid of real and synthetic B-scans per class,
-   and where every file is.
+2. **fine-tunes** the shipped class-conditioned diffusion model (``bundles/oct_ddpm``, ``configs/finetune.json``,
+   run through ``monai.bundle``) to the data set's classes for a few minutes on the CPU, and, for comparison,
+   trains the same network from scratch for the same time;
+3. **multiplies** the training split so every class is as large as the largest one, and samples every class
+   from both routes;
+4. evaluates the synthetic images (the fine-tuned ones in full: utility on held-out patients, fidelity,
+   diversity, privacy, anatomy) and writes a short report: counts per class before and after, the two routes
+   side by side, a grid of real and synthetic B-scans per class, and where every file is.
 
 Each stage is a library call that users can run on their own (``medicraft phantom``, ``medicraft datalist``,
 ``python -m monai.bundle run``, ``medicraft multiply``); the demo only chains them with small settings.
@@ -49,44 +52,49 @@ def _say(message: str) -> None:
 
 @dataclass
 class DemoSettings:
-    """Settings of the demo; the defaults finish in well under 15 minutes on 2 CPU cores.
+    """Settings of the demo; the defaults finish in about 15 minutes on 2 CPU cores.
+
+    Both routes train the shipped ``oct_ddpm`` network (its channels, attention and 32 x 64 image size) for the
+    same wall-time budget; only the start differs: the shipped weights (fine-tuning, ``configs/finetune.json``) or
+    random weights (``configs/train.json``).
 
     Attributes:
-        exams: phantom exams (12 B-scans each) when no data is given.
+        exams: phantom exams (``planes`` B-scans each) when no data is given.
+        planes: radial B-scans per phantom exam.
         phantom_size: (H, W) of the phantom B-scans.
-        image_size: (H, W) the diffusion model works at.
-        channels: UNet channels per level (small: this is a demo on a CPU).
-        attention_levels: self-attention per level.
-        num_res_blocks: residual blocks per level.
-        max_epochs: training epochs.
+        min_patients_per_class: phantom patients per class at least, so every class has eyes in every split.
+        train_minutes: wall-time budget of each training route (0: ``max_epochs`` only).
+        max_epochs: upper bound of the training epochs (the budget usually stops first).
         batch_size: training batch size.
-        learning_rate: Adam learning rate.
-        num_train_timesteps: diffusion steps.
-        prediction_type: what the UNet predicts ("v_prediction", "epsilon" or "sample"); see docs/samplers.md.
-        sampling_steps: sampling steps when multiplying (``None``: the bundle's sampler and step count).
-        guidance_scale: classifier-free guidance weight when multiplying.
-        grid_per_class: real and synthetic images per class in the report's grid.
+        finetune_learning_rate: Adam learning rate when fine-tuning the shipped weights.
+        scratch_learning_rate: Adam learning rate when training from random weights.
+        freeze_encoder_epochs: epochs during which fine-tuning keeps the shipped encoder fixed.
         ema_momentum: weight of the newest weights in the EMA (1/momentum iterations are averaged).
-        train: train a model and multiply (False: the data stage and the report only).
+        compare_scratch: also train from scratch for the same budget and put the two routes side by side.
+        sampling_steps: sampling steps (``None``: the bundle's sampler and step count).
+        guidance_scale: classifier-free guidance weight (``None``: the bundle's).
+        grid_per_class: images per class and per source in the report's grid.
+        train: train and multiply (False: the data stage and the report only).
         evaluate: end with the evaluation of the synthetic images (:func:`medicraft_monai.evaluation.evaluate_synthesis`).
         evaluation: settings of that evaluation (:class:`~medicraft_monai.evaluation.EvaluationSettings` fields).
+        extra_overrides: further bundle overrides for both training routes.
     """
 
-    exams: int = 24
+    exams: int = 30
+    planes: int = 12
     phantom_size: tuple[int, int] = (256, 512)
-    image_size: tuple[int, int] = (64, 128)
-    channels: tuple[int, ...] = (32, 64, 64)
-    attention_levels: tuple[bool, ...] = (False, False, True)
-    num_res_blocks: int = 1
-    max_epochs: int = 50
+    min_patients_per_class: int = 3
+    train_minutes: float = 3.0
+    max_epochs: int = 500
     batch_size: int = 16
-    learning_rate: float = 5e-4
-    num_train_timesteps: int = 1000
-    prediction_type: str = "v_prediction"
-    sampling_steps: int | None = None
-    guidance_scale: float = 1.0
-    grid_per_class: int = 4
+    finetune_learning_rate: float = 1e-4
+    scratch_learning_rate: float = 2e-4
+    freeze_encoder_epochs: int = 0
     ema_momentum: float = 0.01
+    compare_scratch: bool = True
+    sampling_steps: int | None = None
+    guidance_scale: float | None = None
+    grid_per_class: int = 4
     train: bool = True
     evaluate: bool = True
     evaluation: dict[str, Any] = field(
@@ -94,31 +102,28 @@ class DemoSettings:
             "max_per_class": 60,
             "utility_seeds": (0, 1),
             "classifier": {
-                "max_epochs": 12,
+                "max_epochs": 8,
                 "batch_size": 16,
                 "learning_rate": 1e-3,
                 "network": {"init_features": 16, "growth_rate": 12, "block_config": [3, 6, 6]},
             },
-            "anatomy_validation_exams": 2,
+            "anatomy_validation_exams": 1,
         }
     )
     extra_overrides: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def quick(cls) -> DemoSettings:
-        """Tiny settings that run the whole demo in well under a minute (for tests; the pictures are noise)."""
+        """Tiny settings that run the whole demo in about a minute (for tests; the pictures are noise)."""
         return cls(
-            exams=9,
+            planes=2,
             phantom_size=(64, 128),
-            image_size=(16, 32),
-            channels=(8, 16),
-            attention_levels=(False, False),
+            train_minutes=0.0,
             max_epochs=1,
             batch_size=8,
             sampling_steps=2,
             grid_per_class=2,
             evaluation={
-                "image_size": (32, 64),
                 "max_per_class": 8,
                 "utility_seeds": (0,),
                 "classifier": {"tiny": True, "max_epochs": 1},
@@ -129,57 +134,62 @@ class DemoSettings:
             },
         )
 
-    def network_overrides(self) -> dict[str, Any]:
-        """The bundle overrides that fix the network, shared by training and sampling (they must agree)."""
-        return {
-            "image_size": list(self.image_size),
-            "channels": list(self.channels),
-            "attention_levels": list(self.attention_levels),
-            "num_res_blocks": self.num_res_blocks,
-            "num_head_channels": min(16, *self.channels),
-            "norm_num_groups": min(16, math.gcd(*self.channels)),
-            "use_flash_attention": False,
-            "num_train_timesteps": self.num_train_timesteps,
-            "prediction_type": self.prediction_type,
-        }
+
+#: the two training routes the demo compares: fine-tuning the shipped generator, and training it from scratch
+ROUTES: dict[str, str] = {
+    "finetuned": "fine-tuned from the shipped oct_ddpm weights",
+    "scratch": "trained from random weights",
+}
 
 
-def _train(bundle: Path, datalist_path: Path, class_names: list[str], out: Path, s: DemoSettings) -> Path:
-    """Train ``bundle`` with ``monai.bundle`` on the datalist; return the EMA weights' path."""
+def _train(route: str, datalist_path: Path, class_names: list[str], out: Path, s: DemoSettings) -> dict[str, Any]:
+    """Train oct_ddpm on the datalist with ``monai.bundle`` for the budget, by ``route``; export the weights as a
+    bundle of their own. Returns ``{"bundle", "weights", "minutes", "iterations", "epochs"}``."""
     from monai.bundle import run as bundle_run
 
-    model_dir = out / "model"
+    from medicraft_monai.networks import latest_checkpoint
+    from medicraft_monai.networks.release import export_bundle
+
+    bundle = bundle_path("oct_ddpm")
+    folder = out / route
+    finetune = route == "finetuned"
     overrides = {
-        **s.network_overrides(),
         "datalist": str(datalist_path),
         "class_names": class_names,
-        "ckpt_dir": str(model_dir),
-        "log_dir": str(out / "logs"),
+        "ckpt_dir": str(folder / "model"),
+        "log_dir": str(folder / "logs"),
         "max_epochs": s.max_epochs,
+        "max_minutes": s.train_minutes,
         "batch_size": s.batch_size,
-        "learning_rate": s.learning_rate,
+        "learning_rate": s.finetune_learning_rate if finetune else s.scratch_learning_rate,
         "num_workers": 0,
-        "val_interval": max(1, s.max_epochs // 3),
-        "grid_interval": max(1, s.max_epochs // 3),
+        "val_interval": 5,
+        "grid_interval": 10,
         "grid_per_class": 2,
-        "grid_steps": 10,
         "ckpt_interval": 200,
-        # a short run: the EMA must follow the last ~100 iterations, not the bundle's long-run 0.0002 (which
-        # would keep the saved weights close to their random start)
+        # a short run: the EMA must follow the last ~100 iterations, not the long-run 0.001 (which would keep the
+        # saved weights close to where they started)
         "ema_momentum": s.ema_momentum,
-        "ema_warmup_iters": 50,
+        "ema_warmup_iters": 100,
+        **({"freeze_encoder_epochs": s.freeze_encoder_epochs} if finetune else {}),
         **s.extra_overrides,
     }
+    start = time.time()
     bundle_run(
-        config_file=[str(p) for p in config_files(bundle, "train.json")],
+        config_file=[str(p) for p in config_files(bundle, "train.json", *(["finetune.json"] if finetune else []))],
         logging_file=str(bundle / "configs" / "logging.conf"),
         bundle_root=str(bundle),
         **overrides,
     )
-    weights = model_dir / "model.pt"
+    minutes = (time.time() - start) / 60.0
+    weights = folder / "model" / "model.pt"
     if not weights.is_file():
         raise RuntimeError(f"{weights}: training finished without writing the model")
-    return weights
+    final = latest_checkpoint(folder / "model" / "training", required=False)
+    iterations = int(Path(final).stem.split("=")[-1]) if final else None
+    # the trained model as a bundle of its own: its configs and diffusion.json hold what it was trained with
+    exported = export_bundle(bundle, weights, folder / "bundle", overwrite=True)["bundle_root"]
+    return {"bundle": str(exported), "weights": str(weights), "minutes": minutes, "iterations": iterations}
 
 
 def _fast_sampling() -> dict[str, Any]:
@@ -209,50 +219,129 @@ def _counts(
     return counts
 
 
+def _pct(v: Any) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * float(v):.0f}%"
+
+
+def _num(v: Any) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{float(v):.3f}"
+
+
+def _utility_cell(e: Mapping[str, Any], metric: str = "balanced_accuracy") -> str:
+    """An experiment's mean (± std), or why it cannot be compared: never a number for a missing class."""
+    if e.get("not_comparable"):
+        return f"not comparable ({e['not_comparable']})"
+    m = e["metrics"][metric]
+    if m.get("mean") is None:
+        return "n/a"
+    return f"{m['mean']:.3f}" + (f" ± {m['std']:.3f}" if m.get("std") else "")
+
+
 def _headline(m: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     """The evaluation's headline numbers for the demo report: (measure, synthetic, real reference)."""
-
-    def f(v: Any, pct: bool = False) -> str:
-        if v is None:
-            return "n/a"
-        return f"{100 * float(v):.0f}%" if pct else f"{float(v):.3f}"
-
     rows = []
     if m.get("utility"):
-        ex = m["utility"]["experiments"]
+        util = m["utility"]
+        ex = util["experiments"]
         rows.append(
             (
-                "balanced accuracy on real test, trained on synthetic (TSTR) vs real (TRTR)",
-                f(ex["TSTR"]["metrics"]["balanced_accuracy"]["mean"]),
-                f(ex["TRTR"]["metrics"]["balanced_accuracy"]["mean"]),
+                "balanced accuracy on real test patients, trained on synthetic (TSTR) vs real (TRTR)",
+                _utility_cell(ex["TSTR"]),
+                _utility_cell(ex["TRTR"]),
             )
         )
+        if "real_imbalanced_plus_synthetic" in ex:
+            rows.append(
+                (
+                    "balanced accuracy, imbalanced real + synthetic vs imbalanced real alone",
+                    _utility_cell(ex["real_imbalanced_plus_synthetic"]),
+                    _utility_cell(ex["real_imbalanced"]),
+                )
+            )
+        det = util.get("detectability")
+        if det:
+            auc = f"not comparable ({det['not_comparable']})" if det.get("not_comparable") else _num(det["auc"]["mean"])
+            rows.append(("AUC of a real-vs-synthetic classifier (0.5: indistinguishable)", auc, "0.5"))
     fid = m["fidelity"]
     rows.append(
         (
-            "Frechet distance to real training images (OCT features)",
-            f(fid["overall"].get("frechet_distance")),
-            f(fid["real_test_reference"].get("frechet_distance")),
+            "Frechet distance to real training images (fixed OCT encoder)",
+            _num(fid["overall"].get("frechet_distance")),
+            _num(fid["real_test_reference"].get("frechet_distance")),
         )
     )
     rows.append(
         (
             "precision / recall",
-            f"{f(fid['overall'].get('precision'))} / {f(fid['overall'].get('recall'))}",
-            f"{f(fid['real_test_reference'].get('precision'))} / {f(fid['real_test_reference'].get('recall'))}",
+            f"{_num(fid['overall'].get('precision'))} / {_num(fid['overall'].get('recall'))}",
+            f"{_num(fid['real_test_reference'].get('precision'))} / {_num(fid['real_test_reference'].get('recall'))}",
         )
     )
     feats = m["privacy"]["spaces"]["features"]
-    rows.append(("closer to a training image than 1% of real pairs", f(feats["fraction_below"], True), "1%"))
+    rows.append(("closer to a training image than 1% of real pairs", _pct(feats["fraction_below"]), "1%"))
     if m.get("anatomy"):
         rows.append(
             (
                 "anatomy checks passed",
-                f(m["anatomy"]["synthetic"]["pass_rate"], True),
-                f(m["anatomy"]["real_test"]["pass_rate"], True),
+                _pct(m["anatomy"]["synthetic"]["pass_rate"]),
+                _pct(m["anatomy"]["real_test"]["pass_rate"]),
             )
         )
     return rows
+
+
+def _figures(m: Mapping[str, Any], class_names: list[str], real: bool = False) -> dict[str, Any]:
+    """What the side-by-side table shows of an evaluation: anatomy per class, FD, precision, recall; of its
+    synthetic images, or with ``real`` of the real test images (the reference column)."""
+    fid = m["fidelity"]["real_test_reference" if real else "overall"]
+    anatomy = (m.get("anatomy") or {}).get("real_test" if real else "synthetic") or {}
+    per_class = anatomy.get("per_class") or {}
+    return {
+        "anatomy_pass_rate": anatomy.get("pass_rate"),
+        "anatomy_pass_rate_per_class": {c: (per_class.get(c) or {}).get("pass_rate") for c in class_names},
+        "frechet_distance": fid.get("frechet_distance"),
+        "precision": fid.get("precision"),
+        "recall": fid.get("recall"),
+    }
+
+
+def _comparison_lines(comparison: Mapping[str, Any]) -> list[str]:
+    routes = [r for r in ROUTES if r in comparison["routes"]]
+    cols = [*routes, "real test images"]
+    figures = {**comparison["routes"], "real test images": comparison["real"]}
+    classes = comparison["class_names"]
+
+    def row(label: str, fn) -> str:
+        return f"| {label} | " + " | ".join(fn(figures[c]) for c in cols) + " |"
+
+    lines = [
+        "## Fine-tuning the shipped generator against training from scratch",
+        "",
+        "The same network (the shipped `oct_ddpm`, 32 x 64) trained on the same training split for the same wall "
+        "time; only the start differs. Synthetic images: the same number per class from each, same seeds.",
+        "",
+        "| | " + " | ".join(cols) + " |",
+        "| --- | " + " | ".join("---:" for _ in cols) + " |",
+        "| started from | " + " | ".join(comparison["routes"][r]["started_from"] for r in routes) + " | |",
+        "| training | "
+        + " | ".join(
+            f"{comparison['routes'][r]['minutes']:.1f} min, {comparison['routes'][r]['iterations']} iterations"
+            for r in routes
+        )
+        + " | |",
+        row("anatomy checks passed", lambda f: _pct(f["anatomy_pass_rate"])),
+        *(row(f"... {c}", lambda f, c=c: _pct(f["anatomy_pass_rate_per_class"].get(c))) for c in classes),
+        row("Frechet distance to real training images (fixed encoder)", lambda f: _num(f["frechet_distance"])),
+        row("precision / recall", lambda f: f"{_num(f['precision'])} / {_num(f['recall'])}"),
+        "",
+        "![real, fine-tuned and from-scratch B-scans per class](samples.png)",
+        "",
+        "Each row is a class: "
+        + ", then ".join(["real training B-scans", *(f"{ROUTES[r]} ({r})" for r in routes)])
+        + ".",
+        "",
+    ]
+    return lines
 
 
 def _write_report(out: Path, summary: dict[str, Any]) -> Path:
@@ -274,24 +363,27 @@ def _write_report(out: Path, summary: dict[str, Any]) -> Path:
         else:
             lines.append(f"| {name} | {n} |")
     lines += ["", "## All splits", "", "```", summary["count_table"], "```", ""]
+    missing = summary.get("missing_classes") or {}
+    if missing:
+        lines += [
+            "Classes without an image in a split (their scores there cannot be measured): "
+            + "; ".join(f"{split}: {', '.join(names)}" for split, names in missing.items()),
+            "",
+        ]
     lines += [
         "Class weights (training split, inverse frequency): "
         + ", ".join(f"{k}={v:.3f}" for k, v in summary["class_weights"].items()),
         "",
     ]
-    lines += [
-        "## Pictures",
-        "",
-        "![real and synthetic B-scans per class](samples.png)",
-        "",
-        "Each row is a class: real B-scans of the training split" + (", then synthetic ones." if after else "."),
-        "",
-    ]
+    if summary.get("comparison"):
+        lines += _comparison_lines(summary["comparison"])
+    else:
+        lines += ["## Pictures", "", "![real B-scans per class](samples.png)", ""]
     if summary.get("evaluation"):
         lines += ["## Is the synthetic data worth using?", ""]
         lines += [
-            "The full evaluation (utility, fidelity, diversity, privacy, anatomy; tables and figures) is in "
-            "[evaluation/report.md](evaluation/report.md). Headline numbers:",
+            "The fine-tuned generator's images, evaluated in full (utility, fidelity, diversity, privacy, anatomy; "
+            "tables and figures) in [evaluation/report.md](evaluation/report.md). Headline numbers:",
             "",
             "| measure | synthetic | real reference |",
             "| --- | ---: | ---: |",
@@ -304,30 +396,51 @@ def _write_report(out: Path, summary: dict[str, Any]) -> Path:
     return report
 
 
+def _missing_classes(datalist: Mapping[str, Any], class_names: list[str]) -> dict[str, list[str]]:
+    """Per split, the classes without an image there."""
+    missing = {}
+    for split in ("training", "validation", "test"):
+        present = {int(it[OCTKeys.LABEL]) for it in datalist.get(split, [])}
+        lacking = [c for i, c in enumerate(class_names) if i not in present]
+        if lacking:
+            missing[split] = lacking
+    return missing
+
+
 def run_demo(
     output_dir: str | PathLike = "demo_output",
     data: str | PathLike | None = None,
-    exams: int = 24,
+    exams: int | None = None,
     seed: int = 0,
     settings: DemoSettings | None = None,
 ) -> dict[str, Any]:
     """Run the demo; returns the summary that is also written to ``output_dir/summary.json``.
 
+    Stages: 1 the data (the phantom, or ``data``) split by patient; 2 fine-tune the shipped ``oct_ddpm`` on the
+    training split for ``train_minutes``; 3 train the same network from scratch for the same time
+    (``compare_scratch``); 4 multiply the training split (every class up to the largest) with the fine-tuned
+    generator, and sample every class from each route (as many images in all as the real training split, at most
+    the evaluation's ``max_per_class`` per class); 5 evaluate: the fine-tuned images in full, the other route's
+    without the utility study; 6 the report (``report.md``, ``samples.png``, ``summary.json``).
+
     Args:
         output_dir: where everything goes.
         data: the user's data set (a folder per class, a CSV or a DICOM folder); default: the phantom.
-        exams: phantom exams when no data is given (overrides ``settings.exams``).
+        exams: phantom exams when no data is given (default ``settings.exams``).
         seed: seed of the phantom, the split, training and sampling.
         settings: the demo's settings (:class:`DemoSettings`).
     """
-    s = settings or DemoSettings(exams=exams)
+    s = settings or DemoSettings()
+    if exams is not None:
+        s.exams = int(exams)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
     files: dict[str, str] = {}
+    n_stages = 6
 
     if data is None:
-        _say(f"1/5 writing a phantom data set ({s.exams} exams) to {out / 'phantom'}")
+        _say(f"1/{n_stages} writing a phantom data set ({s.exams} exams) to {out / 'phantom'}")
         make_phantom_dataset(
             out / "phantom",
             exams=s.exams,
@@ -335,12 +448,15 @@ def run_demo(
             prevalence=DEMO_PREVALENCE,
             height=s.phantom_size[0],
             width=s.phantom_size[1],
+            planes=s.planes,
+            progress=False,
+            min_patients_per_class=s.min_patients_per_class,
         )
         datalist_path = out / "phantom" / "datalist.json"
         files["phantom images"] = str(out / "phantom" / "images")
         data_label = f"built-in OCT phantom, {s.exams} exams (seed {seed})"
     else:
-        _say(f"1/5 reading your data set {data}")
+        _say(f"1/{n_stages} reading your data set {data}")
         datalist_path = out / "datalist.json"
         print(count_table(build_datalist(data, output=datalist_path, seed=seed)))
         data_label = str(data)
@@ -349,65 +465,94 @@ def run_demo(
     class_names = [datalist["labels"][str(i)] for i in range(len(datalist["labels"]))]
     weights = class_weights(datalist)
     counts_before = _counts(datalist, "training", class_names)
-    rows = _grid_rows(datalist, class_names, s.grid_per_class, "training")
+    real_rows = _grid_rows(datalist, class_names, s.grid_per_class, "training")
+    rows = [list(r) for r in real_rows]
 
     counts_after = None
     evaluation: dict[str, Any] | None = None
+    comparison: dict[str, Any] | None = None
     if s.train:
-        bundle = bundle_path("oct_ddpm")
-        _say(
-            f"2/5 training a small class-conditioned diffusion model ({bundle.name}, {s.max_epochs} epochs) on the CPU"
-        )
-        weights_path = _train(bundle, datalist_path, class_names, out, s)
-        files["model"] = str(weights_path)
-        files["TensorBoard logs"] = str(out / "logs")
-        # the trained model as a bundle of its own: its configs hold the settings it was trained with
-        from medicraft_monai.networks.release import export_bundle
-
-        trained = export_bundle(
-            bundle,
-            weights_path,
-            out / "bundle",
-            {**s.network_overrides(), "class_names": class_names},
-            overwrite=True,
-        )["bundle_root"]
-        files["trained bundle"] = str(trained)
-        _say("3/5 multiplying the training split: every class up to the largest")
-        from medicraft_monai.synthesis import multiply
+        routes = ["finetuned", "scratch"] if s.compare_scratch else ["finetuned"]
+        trained: dict[str, dict[str, Any]] = {}
+        for i, route in enumerate(routes):
+            budget = f"{s.train_minutes:g} min" if s.train_minutes else f"{s.max_epochs} epochs"
+            _say(f"{2 + i}/{n_stages} training oct_ddpm, {ROUTES[route]}, for {budget} on the CPU")
+            trained[route] = _train(route, datalist_path, class_names, out, s)
+            files[f"{route} bundle"] = trained[route]["bundle"]
+            files[f"{route} TensorBoard logs"] = str(out / route / "logs")
+        _say(f"4/{n_stages} multiplying the training split (every class up to the largest) and sampling every class")
+        from medicraft_monai.synthesis import generate, multiply
 
         result = multiply(
             datalist_path,
             out / "synthetic",
-            bundle_root=trained,
+            bundle_root=trained["finetuned"]["bundle"],
             target="balance",
             seed=seed,
             num_inference_steps=s.sampling_steps,
             guidance_scale=s.guidance_scale,
             overrides=_fast_sampling(),
             device="cpu",
+            progress=False,
         )
         combined = load_datalist(result["datalist_combined"])
         counts_after = _counts(combined, "training", class_names)
-        synthetic = [it for it in combined["training"] if it.get(OCTKeys.SYNTHETIC)]
-        for c, row in enumerate(rows):
-            mine = [it for it in synthetic if it[OCTKeys.LABEL] == c][: s.grid_per_class]
-            row.extend(to_uint8(read_bscan(it[OCTKeys.IMAGE])[0]) for it in mine)
         files["synthetic images"] = str(out / "synthetic" / "images")
         files["manifest"] = str(result["manifest_csv"])
         files["real + synthetic datalist"] = str(result["datalist_combined"])
+        # the evaluation set holds every class: as many images in all as the real training split, capped per class
+        cap = int(s.evaluation.get("max_per_class") or 200)
+        per_class = max(s.grid_per_class, min(cap, math.ceil(sum(counts_before.values()) / len(class_names))))
+        samples: dict[str, Path] = {}
+        for route in routes:
+            generate(
+                trained[route]["bundle"],
+                None,
+                num_samples=per_class,
+                seed=seed,
+                steps=s.sampling_steps,
+                guidance_scale=s.guidance_scale,
+                output_dir=out / route / "samples",
+                device="cpu",
+                overrides=_fast_sampling(),
+            )
+            samples[route] = out / route / "samples" / "datalist_synthetic.json"
+            files[f"{route} samples"] = str(out / route / "samples" / "images")
+            synthetic = load_datalist(samples[route], check=False)["training"]
+            for c, row in enumerate(rows):
+                mine = [it for it in synthetic if it[OCTKeys.LABEL] == c][: s.grid_per_class]
+                row.extend(to_uint8(read_bscan(it[OCTKeys.IMAGE])[0]) for it in mine)
         if s.evaluate:
-            _say("4/5 evaluating the synthetic images: utility, fidelity, diversity, privacy, anatomy")
+            _say(f"5/{n_stages} evaluating the synthetic images: utility, fidelity, diversity, privacy, anatomy")
             from medicraft_monai.evaluation import EvaluationSettings, evaluate_synthesis
 
-            eval_settings = EvaluationSettings.from_mapping(
-                {"device": "cpu", "progress": False, "seed": seed, **s.evaluation}
-            )
-            evaluation = evaluate_synthesis(
-                datalist_path, result["datalist_synthetic"], out / "evaluation", eval_settings, overwrite=True
-            )
-            files["evaluation report"] = str(out / "evaluation" / "report.md")
+            base = {"device": "cpu", "progress": False, "seed": seed, **s.evaluation}
+            evaluations = {}
+            for route in routes:
+                full = route == "finetuned"
+                eval_settings = EvaluationSettings.from_mapping({**base, **({} if full else {"utility": False})})
+                folder = out / "evaluation" if full else out / route / "evaluation"
+                evaluations[route] = evaluate_synthesis(
+                    datalist_path, samples[route], folder, eval_settings, overwrite=True
+                )
+                files[f"{route} evaluation report"] = str(folder / "report.md")
+            evaluation = evaluations["finetuned"]
+            comparison = {
+                "class_names": class_names,
+                "images_per_class": per_class,
+                "real": _figures(evaluation, class_names, real=True),
+                "routes": {
+                    r: {
+                        "started_from": "shipped oct_ddpm weights" if r == "finetuned" else "random weights",
+                        "minutes": trained[r]["minutes"],
+                        "iterations": trained[r]["iterations"],
+                        **_figures(evaluations[r], class_names),
+                    }
+                    for r in routes
+                },
+            }
 
-    _say("5/5 writing the report")
+    _say(f"6/{n_stages} writing the report")
     save_image_grid(out / "samples.png", rows, row_labels=class_names)
     files["sample grid"] = str(out / "samples.png")
     summary = {
@@ -415,10 +560,12 @@ def run_demo(
         "classes": class_names,
         "counts_before": counts_before,
         "counts_after": counts_after,
+        "missing_classes": _missing_classes(datalist, class_names),
         "class_weights": dict(zip(class_names, weights)),
         "count_table": count_table(datalist),
         "settings": asdict(s),
         "files": files,
+        "comparison": comparison,
         "evaluation": _headline(evaluation) if evaluation else None,
         "seconds": time.time() - start,
     }

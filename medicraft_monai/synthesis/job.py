@@ -377,6 +377,8 @@ class SynthesisJob:
             "bit_depth": self.bit_depth,
             "seed": self.job_seed,
             "manifest": MANIFEST_JSONL,
+            # further weights the images depend on (a latent generator's autoencoder, a fine-tuned one's parent)
+            **{f"{k}_sha256": v for k, v in sorted(gen.component_checksums.items())},
         }
 
     # ---------------------------------------------------------------------------------------------- records
