@@ -22,6 +22,7 @@ import pytest
 import requests
 import torch
 
+from medicraft_monai.engines.records import DIFFUSION_SETTINGS_FILE, DiffusionSettingsWriter
 from medicraft_monai.networks import bundle_parser, randomise_zero_weights
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,12 +65,20 @@ def ensure_label_venv(timeout: float = 1200) -> Path:
 
 
 def make_weights(bundle: Path, overrides: Mapping[str, Any], path: Path, seed: int = 0) -> Path:
-    """Random weights for ``bundle``'s ``network_def`` with ``overrides`` (zero-initialised layers re-drawn)."""
+    """Random weights for ``bundle``'s ``network_def`` with ``overrides`` (zero-initialised layers re-drawn).
+
+    A generator bundle's weights get the ``diffusion.json`` training writes beside them (its ``diffusion_settings``),
+    which fine-tuning needs to start from them.
+    """
     parser = bundle_parser(bundle, overrides=overrides)  # common.json layered under inference.json
     torch.manual_seed(seed)
     net = randomise_zero_weights(parser.get_parsed_content("network_def"), seed=seed, std=0.1)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(net.state_dict(), path)
+    if "diffusion_settings" in parser:
+        DiffusionSettingsWriter(
+            path.parent / DIFFUSION_SETTINGS_FILE, parser.get_parsed_content("diffusion_settings")
+        )()
     return path
 
 

@@ -4,10 +4,13 @@ One ``monailabel start_server`` (in ``.venv-label``, created by ``scripts/setup_
 127.0.0.1 on a free port for this module, with the real ``oct_ddpm`` and ``oct_classifier`` bundles at tiny network
 sizes (random weights) and real OCT2017 B-scans in its studies folder; it is stopped by its process group id at
 the end. Requests are sent the way ``MONAILabelClient`` sends them (multipart ``params``, labels as files).
+Fine-tuning runs the generator bundle's ``configs/finetune.json`` from the weights in use (their checksum recorded
+in the new ``diffusion.json``).
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import threading
@@ -38,6 +41,7 @@ from medicraft_monai.label import (
     filter_accepted,
     load_reviews,
 )
+from medicraft_monai.label.finetune import finetune_command
 from medicraft_monai.label.review import validate_verdict
 from medicraft_monai.utils import file_sha256
 
@@ -129,6 +133,17 @@ def test_verdict_validation_and_decision_rules():
     assert [decide(votes, r) for r in ("unanimous", "majority", "any")] == ["reject", "accept", "accept"]
     assert decide([], "unanimous") is None
     assert (app_dir() / "main.py").is_file() and (app_dir() / "lib").is_dir()
+
+
+def test_finetune_command_runs_the_bundles_finetune_route(tmp_path: Path):
+    parent, out = tmp_path / "weights" / "model.pt", tmp_path / "run" / "models"
+    cmd = finetune_command(GENERATOR_BUNDLE, parent, out, {"max_epochs": 2, "max_minutes": 0.5, "datalist": "d.json"})
+    assert cmd[1:4] == ["-m", "monai.bundle", "run"]
+    configs = [Path(c) for c in ast.literal_eval(cmd[cmd.index("--config_file") + 1])]
+    assert [c.name for c in configs] == ["common.json", "train.json", "finetune.json"] and configs[0].is_file()
+    value = {k[2:]: v for k, v in zip(cmd[4::2], cmd[5::2])}
+    assert value["parent_ckpt_path"] == str(parent) and value["ckpt_dir"] == str(out)
+    assert value["max_epochs"] == "2" and value["max_minutes"] == "0.5" and value["datalist"] == "d.json"
 
 
 # ---------------------------------------------------------------------------------------------------- the server
@@ -327,6 +342,8 @@ def test_review_loop_export_and_filter(server: LabelServer, setup: dict, tmp_pat
 
 
 def test_finetune_on_real_plus_accepted_publishes_new_weights(server: LabelServer, setup: dict):
+    r = server.post("/train/finetune", params={"run_sync": "true"}, json={"ckpt_dir": str(setup["root"])})
+    assert r.status_code == 422 and "ckpt_dir" in r.text, r.text[-3000:]  # the task sets it, never a request
     tiny = {"max_epochs": 1, "batch_size": 2, "num_workers": 0, "cache_rate": 0.0, "val_interval": 1,
             "grid_interval": 100, "log_interval": 1}  # fmt: skip
     r = server.post("/train/finetune", params={"run_sync": "true"}, json=tiny, timeout=600)
@@ -336,6 +353,14 @@ def test_finetune_on_real_plus_accepted_publishes_new_weights(server: LabelServe
     accepted = sum(im["decision"] == "accept" for im in reviews if im["synthetic"])
     assert len(load_datalist(Path(res["run_dir"]) / "datalist.json")["training"]) == 8 + accepted
     assert res["status"] == "done" and res["real_training"] == 8 and res["accepted_synthetic"] == accepted > 0
-    assert res["started_from_sha256"] == file_sha256(setup["gen_ckpt"]) != res["model_sha256"]
+    parent_sha = file_sha256(setup["gen_ckpt"])
+    assert res["started_from_sha256"] == parent_sha != res["model_sha256"]
+    # the bundle's finetune.json route: the new weights' diffusion.json records the weights the task started from
+    settings = json.loads((Path(res["model"]).parent / "diffusion.json").read_text())
+    assert settings["parent"]["model_sha256"] == parent_sha == res["parent_sha256"]
+    assert settings["class_names"] == settings["parent"]["class_names"] == CLASSES  # every embedding row kept
+    pointer = json.loads((setup["studies"] / ".medicraft" / "generator_current.json").read_text())
+    assert pointer["sha256"] == res["model_sha256"] and pointer["parent_sha256"] == parent_sha
     new = synthesize(server, **{"class": "CNV", "seed": 4242})
     assert new["records"][0]["provenance"]["model_sha256"] == res["model_sha256"]
+    assert new["records"][0]["provenance"]["parent_sha256"] == parent_sha

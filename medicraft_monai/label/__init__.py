@@ -7,7 +7,8 @@ The app folder is this package's folder (:func:`app_dir`): ``main.py`` holds the
 - :mod:`~medicraft_monai.label.review`: the anomaly vocabulary and verdict validation;
 - :mod:`~medicraft_monai.label.export`: :func:`export_reviews` (accepted datalist + report) and
   :func:`filter_accepted` (keep only accepted synthetic images);
-- :mod:`~medicraft_monai.label.finetune`: the fine-tuning datalist and weight loading.
+- :mod:`~medicraft_monai.label.finetune`: the fine-tuning datalist and the generator bundle's fine-tuning command
+  (``configs/finetune.json`` with the weights in use as the parent).
 """
 
 from __future__ import annotations

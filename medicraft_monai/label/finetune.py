@@ -1,44 +1,61 @@
 """Fine-tuning the generator on real plus expert-accepted images (used by the app's ``finetune`` train task).
 
-The generator bundle's own ``configs/train.json`` runs unchanged (``python -m monai.bundle run``); two overrides
-make it a fine-tuning run: ``--datalist`` (real training images plus the accepted synthetic ones) and ``--network``
-(the network with the current weights loaded by the one checkpoint loader,
-:func:`medicraft_monai.networks.checkpoint.load_weights`, so the EMA copy starts from them too).
+The generator bundle's own fine-tuning route runs unchanged (``python -m monai.bundle run`` with
+``configs/common.json`` + ``configs/train.json`` + ``configs/finetune.json``, as a user runs it): the weights in
+use are the parent (``parent_ckpt_path``, loaded by :class:`medicraft_monai.engines.ParentGenerator`, so the new
+``diffusion.json`` records their checksum), the run's folder receives the new weights (``ckpt_dir``), and
+:func:`build_finetune_datalist` gives the training images (``datalist``): the real ones plus the accepted synthetic
+ones, labelled with the generator's own classes (every class-embedding row is kept).
 """
 
 from __future__ import annotations
 
-import json
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from medicraft_monai.bundles import config_files
 from medicraft_monai.data.datalist import SPLITS, check_splits, load_datalist, write_datalist
 from medicraft_monai.data.errors import OCTDataError, UnknownLabelError
 from medicraft_monai.data.keys import OCTKeys
 
-__all__ = ["build_finetune_datalist", "imports_override", "network_override"]
+__all__ = ["FINETUNE_CONFIGS", "build_finetune_datalist", "finetune_command"]
+
+#: the generator bundle's configs a fine-tuning run merges (``configs/common.json`` comes first)
+FINETUNE_CONFIGS: tuple[str, ...] = ("train.json", "finetune.json")
 
 
-_WHAT = "generator checkpoint to fine-tune from"
+def finetune_command(
+    bundle_root: str | os.PathLike,
+    parent_ckpt_path: str | os.PathLike,
+    ckpt_dir: str | os.PathLike,
+    overrides: Mapping[str, Any],
+) -> list[str]:
+    """The ``python -m monai.bundle run`` command that fine-tunes ``parent_ckpt_path`` into ``ckpt_dir``.
 
-
-def network_override(ckpt_path: str | os.PathLike) -> str:
-    """The ``--network`` override for a bundle's train.json that starts from ``ckpt_path``."""
-    path = str(Path(ckpt_path).resolve())
-    return f"$medicraft_monai.networks.checkpoint.load_weights(@network_def, {path!r}, {_WHAT!r}).to(@device)"
-
-
-def imports_override(*train_configs: str | os.PathLike) -> list[str]:
-    """The ``imports`` of the bundle's training configs (``common.json`` and ``train.json``) plus this module (for
-    the checkpoint loader (for the ``--imports`` override that :func:`network_override` needs)."""
-    imports: list[str] = []
-    for config in train_configs:
-        with open(config) as f:
-            imports += [i for i in json.load(f).get("imports") or [] if i not in imports]
-    line = "$import medicraft_monai.networks.checkpoint"
-    return imports if line in imports else [*imports, line]
+    Args:
+        bundle_root: the generator bundle.
+        parent_ckpt_path: the weights to start from (a ``diffusion.json`` must be beside them).
+        ckpt_dir: where the new weights go (not the parent's folder).
+        overrides: further config keys (``datalist``, ``log_dir``, ``max_epochs``...); a string is passed as it is,
+            any other value as its ``repr`` (read back as a Python literal by the bundle runner).
+    """
+    root = Path(bundle_root).resolve()
+    keys = {
+        **overrides,
+        "parent_ckpt_path": str(Path(parent_ckpt_path).resolve()),
+        "ckpt_dir": str(Path(ckpt_dir).resolve()),
+    }
+    cmd = [
+        sys.executable, "-m", "monai.bundle", "run",
+        "--config_file", repr([str(p) for p in config_files(root, *FINETUNE_CONFIGS)]),
+        "--bundle_root", str(root),
+    ]  # fmt: skip
+    for key, value in keys.items():
+        cmd += [f"--{key}", value if isinstance(value, str) else repr(value)]
+    return cmd
 
 
 def _relabel(items: Sequence[Mapping[str, Any]], names: Sequence[str], labels: Mapping[str, str]) -> list[dict]:
