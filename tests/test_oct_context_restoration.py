@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _datalists import small_oct2017_datalist
 from _subprocess import monai_bundle_cmd, run_group
 from monai.bundle import ConfigParser
 from monai.bundle import run as bundle_run
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from medicraft_monai.data import build_datalist, write_datalist
 from medicraft_monai.networks import load_state_dict
 from medicraft_monai.ssl import ENCODER_PREFIXES, load_encoder_meta
 
@@ -48,14 +48,7 @@ def bundle(configs: list[str], root: Path, timeout: int = 180, **overrides) -> s
 @pytest.fixture(scope="module")
 def datalist(oct2017_dir: Path, tmp_path_factory) -> Path:
     """3 training, 1 validation and 2 test B-scans per OCT2017 class (patient-level splits of the real sample)."""
-    full = build_datalist(oct2017_dir, check_images=False)
-
-    def pick(split: str, n: int) -> list[dict]:
-        return [it for c in range(len(CLASSES)) for it in [i for i in full[split] if i["label"] == c][:n]]
-
-    small = {k: v for k, v in full.items() if k not in ("training", "validation", "test")}
-    small.update(training=pick("training", 3), validation=pick("validation", 1), test=pick("test", 2))
-    return write_datalist(tmp_path_factory.mktemp("data") / "datalist.json", small)
+    return small_oct2017_datalist(oct2017_dir, tmp_path_factory.mktemp("data") / "datalist.json", 3, 1, 2)
 
 
 @pytest.fixture(scope="module")

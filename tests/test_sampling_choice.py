@@ -10,28 +10,18 @@ import json
 from pathlib import Path
 
 import pytest
-import test_oct_ddpm as ddpm
+from _datalists import small_oct2017_datalist
 from _generators import tiny_generator_bundle
 
-from medicraft_monai.data import build_datalist, write_datalist
 from medicraft_monai.data.keys import OCTKeys
 from medicraft_monai.evaluation import ClassifierSettings, utility
 from medicraft_monai.evaluation.sampling_choice import choose_sampling
-
-CLASSES = ddpm.CLASSES
 
 
 @pytest.fixture(scope="module")
 def datalist(oct2017_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """2 training, 1 validation and 1 test B-scan per class (patient-level splits of the real sample)."""
-    full = build_datalist(oct2017_dir, check_images=False)
-
-    def pick(split: str, n: int) -> list[dict]:
-        return [it for c in range(len(CLASSES)) for it in [i for i in full[split] if i["label"] == c][:n]]
-
-    small = {k: v for k, v in full.items() if k not in ("training", "validation", "test")}
-    small.update(training=pick("training", 2), validation=pick("validation", 1), test=pick("test", 1))
-    return write_datalist(tmp_path_factory.mktemp("data") / "datalist.json", small)
+    return small_oct2017_datalist(oct2017_dir, tmp_path_factory.mktemp("data") / "datalist.json", 2, 1, 1)
 
 
 def test_scores_every_setting_on_validation_and_never_reads_test(datalist: Path, tmp_path: Path, monkeypatch) -> None:
