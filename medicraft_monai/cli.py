@@ -46,7 +46,7 @@ def _as_mapping(value: str | dict | None) -> dict | None:
 class MedicraftCLI:
     """medicraft_monai: multiply small OCT data sets with class-conditioned diffusion models.
 
-    Commands: phantom, datalist, multiply, generate, evaluate, choose_sampling, label_efficiency, demo, info; label app_dir; review
+    Commands: phantom, datalist, subsample, multiply, generate, evaluate, choose_sampling, label_efficiency, demo, info; label app_dir; review
     export; bundle verify, pack, export; zoo list, info.
     """
 
@@ -154,6 +154,32 @@ class MedicraftCLI:
         weights = class_weights(datalist)
         print("class weights: " + ", ".join(f"{n}={w:.3f}" for n, w in zip(names, weights)))
         print(f"datalist written to {output}")
+
+    def subsample(
+        self, datalist: str, output: str, fractions: str | dict, seed: int = 0, overwrite: bool = False
+    ) -> None:
+        """Write a copy of a datalist whose training split keeps only a fraction of some classes (an imbalanced set).
+
+        The subset is the one ``medicraft evaluate`` trains its imbalance experiments on with the settings
+        ``{"imbalance": FRACTIONS, "imbalance_seed": SEED}``, so a generator fine-tuned on this copy has seen exactly
+        the real images those classifiers see. Validation and test are unchanged.
+
+        Args:
+            datalist: the source datalist JSON.
+            output: the new datalist JSON (never the source).
+            fractions: JSON mapping class name -> fraction of its training images kept, e.g. '{"DRUSEN": 0.1}'.
+            seed: the seed of the choice.
+            overwrite: replace an existing output file.
+        """
+        from medicraft_monai.data.datalist import count_table, subsample_datalist
+
+        try:
+            cut = _as_mapping(fractions)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--fractions must be a JSON mapping such as '{{\"DRUSEN\": 0.1}}' ({e})") from None
+        data = subsample_datalist(datalist, output, cut or {}, seed=seed, overwrite=overwrite)
+        print(count_table(data))
+        print(f"subsampled datalist written to {output}")
 
     def multiply(
         self,

@@ -26,6 +26,7 @@ from medicraft_monai.data.datalist import (
     detect_source_kind,
     load_datalist,
     split_by_patient,
+    subsample_classes,
     write_datalist,
 )
 from medicraft_monai.data.errors import (
@@ -723,3 +724,61 @@ def test_no_patient_id_count_counts_only_kept_files(tmp_path, real_bscan_paths, 
         datalist = build_datalist(root)
     assert len(datalist["excluded"]) == 2
     assert "4 file(s) have no patient id" in caplog.text
+
+
+# ---------------------------------------------------------------------------- issue 16: a deliberately imbalanced copy
+def test_subsample_writes_the_studys_subset_and_leaves_the_other_splits(real, tmp_path):
+    datalist, path = real
+    out = tmp_path / "drusen10.json"
+    proc = _medicraft("subsample", str(path), str(out), "--fractions", '{"DRUSEN": 0.1}', "--seed", "3")
+    assert proc.returncode == 0, proc.stderr
+    assert "subsampled datalist written to" in proc.stdout and "DRUSEN" in proc.stdout  # the count table
+    cut = load_datalist(out)
+    drusen = CLASSES.index("DRUSEN")
+    n = sum(it["label"] == drusen for it in datalist["training"])
+    kept = [it for it in cut["training"] if it["label"] == drusen]
+    assert len(kept) == max(1, round(0.1 * n)) < n
+    # the very subset the utility study's imbalance experiments draw with the same seed (imbalance_seed)
+    expected = subsample_classes(datalist["training"], {"DRUSEN": 0.1}, CLASSES, 3)
+    assert [it["image"] for it in cut["training"]] == [it["image"] for it in expected]
+    others = [it["image"] for it in datalist["training"] if it["label"] != drusen]
+    assert sorted(it["image"] for it in cut["training"] if it["label"] != drusen) == sorted(others)
+    for split in ("validation", "test"):
+        assert cut[split] == datalist[split]
+    assert cut["numTraining"] == len(cut["training"])
+    assert cut["subsampled"] == {
+        "source": str(path.resolve()),
+        "source_sha256": _sha(path),
+        "fractions": {"DRUSEN": 0.1},
+        "seed": 3,
+    }
+    other_seed = subsample_classes(datalist["training"], {"DRUSEN": 0.1}, CLASSES, 4)
+    assert [it["image"] for it in other_seed] != [it["image"] for it in expected]  # the seed matters
+
+
+@pytest.mark.parametrize(
+    ("output", "fractions", "problem"),
+    [
+        ("source", '{"DRUSEN": 0.1}', "is the source datalist"),
+        ("existing", '{"DRUSEN": 0.1}', "exists; pass overwrite=True (--overwrite)"),
+        ("new", '{"DRUSN": 0.1}', "unknown classes ['DRUSN']"),
+        ("new", '{"DRUSEN": 0}', "must be in (0, 1], got 0.0"),
+        ("new", '{"DRUSEN": 1.5}', "must be in (0, 1], got 1.5"),
+        ("txt", '{"DRUSEN": 0.1}', "must be a .json file, not '.txt'"),
+    ],
+)
+def test_subsample_refuses_bad_arguments_before_writing(real, tmp_path, output, fractions, problem):
+    _, path = real
+    source = path.parent / f"source_{tmp_path.name}.json"  # beside the original: its image paths are relative
+    shutil.copyfile(path, source)
+    existing = tmp_path / "existing.json"
+    existing.write_text("{}")
+    target = {"source": source, "existing": existing, "new": tmp_path / "new.json", "txt": tmp_path / "cut.txt"}[output]
+    before = {source: source.read_bytes(), existing: existing.read_bytes()}
+    proc = _medicraft("subsample", str(source), str(target), "--fractions", fractions)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert problem in lines[0]
+    assert {p: p.read_bytes() for p in before} == before
+    assert not (tmp_path / "new.json").exists() and not (tmp_path / "cut.txt").exists()

@@ -173,6 +173,10 @@ def test_bad_inputs_get_clear_errors(phantom_sets, tmp_path) -> None:
         evaluate_synthesis(leaky_path, phantom_sets["fresh"], tmp_path / "o3", _settings())
     with pytest.raises(ValueError, match="unknown evaluation setting"):
         EvaluationSettings.from_mapping({"image_sise": [64, 128]})
+    for bad in ("0", 1.5, True):
+        with pytest.raises(ValueError, match="imbalance_seed must be an integer or None"):
+            EvaluationSettings.from_mapping({"imbalance_seed": bad})
+    assert EvaluationSettings.from_mapping({"imbalance_seed": 3}).to_dict()["imbalance_seed"] == 3
 
 
 def test_the_bundle_runs_the_whole_evaluation_with_utility(phantom_sets, tmp_path) -> None:
@@ -187,7 +191,7 @@ def test_the_bundle_runs_the_whole_evaluation_with_utility(phantom_sets, tmp_pat
         "--synthetic_datalist", str(phantom_sets["fresh"]),
         "--output_dir", str(out),
         "--image_size", "[32, 64]", "--crop_height", "0", "--max_per_class", "8",
-        "--utility_seeds", "[0]", "--classifier", "{'tiny': True, 'max_epochs': 2}",
+        "--utility_seeds", "[0]", "--classifier", "{'tiny': True, 'max_epochs': 2}", "--imbalance_seed", "2",
         "--anatomy_validation_exams", "0", "--kid_subsets", "3", "--ms_ssim_pairs", "10",
         "--device", "cpu", "--progress", "false",
     ]  # fmt: skip
@@ -199,6 +203,7 @@ def test_the_bundle_runs_the_whole_evaluation_with_utility(phantom_sets, tmp_pat
     for e in ex.values():
         assert 0.0 <= e["metrics"]["balanced_accuracy"]["mean"] <= 1.0
     assert metrics["utility"]["imbalance"]  # the "auto" imbalance subsamples every class but the largest
+    assert metrics["utility"]["imbalance_seed"] == 2  # the bundle key reaches the study
     report = (out / "report.md").read_text()
     assert "## Utility" in report and "TSTR" in report
     assert (out / "figures" / "confusion_TSTR.png").is_file()

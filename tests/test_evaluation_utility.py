@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from medicraft_monai.data import build_datalist
+from medicraft_monai.data.datalist import subsample_classes
 from medicraft_monai.data.errors import SplitLeakError, UnknownLabelError
 from medicraft_monai.data.phantom import PhantomConfig, write_phantom_dataset
 from medicraft_monai.evaluation import utility
@@ -28,7 +29,6 @@ from medicraft_monai.evaluation.utility import (
     SUMMARY_METRICS,
     ClassifierSettings,
     _beats,
-    _subsample,
     _summary,
     train_classifier,
     utility_study,
@@ -156,16 +156,16 @@ def test_the_imbalance_experiment_and_its_remedies_use_one_subset(
     train = phantom["train"]
     n = Counter(it["class_name"] for it in train)
     imbalance = {"benign": 0.5, "melanoma": 0.25}
-    kept = [Counter(it["class_name"] for it in _subsample(train, imbalance, CLASSES, seed)) for seed in (0, 1)]
+    kept = [Counter(it["class_name"] for it in subsample_classes(train, imbalance, CLASSES, seed)) for seed in (0, 1)]
     for k in kept:
         assert k == {
             "healthy": n["healthy"],
             "benign": round(0.5 * n["benign"]),
             "melanoma": round(0.25 * n["melanoma"]),
         }
-    picked = [{it["image"] for it in _subsample(train, imbalance, CLASSES, seed)} for seed in (0, 1)]
+    picked = [{it["image"] for it in subsample_classes(train, imbalance, CLASSES, seed)} for seed in (0, 1)]
     assert picked[0] != picked[1]  # seeded: another seed, another subset
-    assert picked[0] == {it["image"] for it in _subsample(train, imbalance, CLASSES, 0)}
+    assert picked[0] == {it["image"] for it in subsample_classes(train, imbalance, CLASSES, 0)}
 
     synthetic = synthetic_copies(train, tmp_path / "synthetic")
     trained = spy_training(monkeypatch)
@@ -194,7 +194,9 @@ def test_the_imbalance_experiment_and_its_remedies_use_one_subset(
     for seed in seeds:
         runs = {k: trained[f"seed{seed}/{k}"] for k in ("imbalanced", "weighted", "oversampled", "augmented")}
         assert runs["weighted"]["images"] == runs["oversampled"]["images"] == runs["imbalanced"]["images"]
-        assert runs["imbalanced"]["images"] == sorted(it["image"] for it in _subsample(train, imbalance, CLASSES, seed))
+        assert runs["imbalanced"]["images"] == sorted(
+            it["image"] for it in subsample_classes(train, imbalance, CLASSES, seed)
+        )
         assert (runs["imbalanced"]["class_weighting"], runs["imbalanced"]["balanced_sampling"]) == ("none", False)
         assert (runs["weighted"]["class_weighting"], runs["weighted"]["balanced_sampling"]) == ("inverse", False)
         assert (runs["oversampled"]["class_weighting"], runs["oversampled"]["balanced_sampling"]) == ("none", True)
@@ -225,6 +227,34 @@ def test_the_imbalance_experiment_and_its_remedies_use_one_subset(
                 expected = plus["mean"] - theirs["mean"] > max(plus["std"], theirs["std"])
                 assert verdict["beats"] is expected and verdict["reason"] is None
     json.dumps(result)
+
+
+def test_imbalance_seed_fixes_one_subset_for_every_seed(
+    phantom: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A clinic's one imbalanced set: with ``imbalance_seed`` every classifier seed trains on the same subset (the one
+    ``medicraft subsample`` writes for a generator to be fine-tuned on), and only the classifiers' seeds vary."""
+    train = phantom["train"]
+    imbalance = {"melanoma": 0.25}
+    trained = spy_training(monkeypatch)
+    result = utility_study(
+        train,
+        phantom["test"],
+        synthetic_copies(train, tmp_path / "synthetic"),
+        CLASSES,
+        ClassifierSettings.tiny(max_epochs=1, overrides={"crop_height": 64}),
+        seeds=(0, 1),
+        imbalance=imbalance,
+        imbalance_seed=7,
+        progress=False,
+        detectability=False,
+    )
+    fixed = sorted(it["image"] for it in subsample_classes(train, imbalance, CLASSES, 7))
+    assert fixed != sorted(it["image"] for it in subsample_classes(train, imbalance, CLASSES, 0))
+    for seed in (0, 1):
+        for source in ("imbalanced", "weighted", "oversampled"):
+            assert trained[f"seed{seed}/{source}"]["images"] == fixed
+    assert result["imbalance_seed"] == 7 and result["imbalance"] == imbalance
 
 
 def test_beating_means_a_difference_larger_than_the_seed_spread() -> None:

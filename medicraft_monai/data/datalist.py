@@ -65,6 +65,8 @@ __all__ = [
     "load_datalist",
     "read_datalist_json",
     "split_by_patient",
+    "subsample_classes",
+    "subsample_datalist",
     "write_datalist",
 ]
 
@@ -1164,6 +1166,85 @@ def load_datalist(
     if split not in data:
         raise ValueError(f"{path}: no {split!r} list (has {[k for k in data if isinstance(data[k], list)]})")
     return data[split]
+
+
+def subsample_classes(
+    items: Sequence[dict[str, Any]], imbalance: Mapping[str, float], class_names: Sequence[str], seed: int
+) -> list[dict[str, Any]]:
+    """Keep ``round(fraction * n)`` (at least 1) of each named class's items, chosen with ``seed``; others all.
+
+    Items carry integer labels (``label``: the index into ``class_names``). This is the subset the utility study's
+    imbalance experiments train on (for ``seed``); :func:`subsample_datalist` (``medicraft subsample``) writes it as
+    a datalist, so a generator can be fine-tuned on exactly what those classifiers see.
+    """
+    unknown = set(imbalance) - set(class_names)
+    if unknown:
+        raise ValueError(f"imbalance names unknown classes {sorted(unknown)}; classes are {list(class_names)}")
+    rng = np.random.default_rng([int(seed), 0x1B])
+    out: list[dict[str, Any]] = []
+    for c, name in enumerate(class_names):
+        members = [it for it in items if it[OCTKeys.LABEL] == c]
+        if name in imbalance and members:
+            frac = float(imbalance[name])
+            if not 0.0 < frac <= 1.0:
+                raise ValueError(f"imbalance[{name!r}] must be in (0, 1], got {frac}")
+            keep = max(1, round(frac * len(members)))
+            idx = sorted(rng.choice(len(members), size=keep, replace=False).tolist())
+            members = [members[i] for i in idx]
+        out.extend(members)
+    return out
+
+
+def subsample_datalist(
+    datalist: str | os.PathLike,
+    output: str | os.PathLike,
+    fractions: Mapping[str, float],
+    seed: int = 0,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Write a copy of a datalist whose training split keeps only a fraction of some classes (a deliberate
+    imbalance); validation and test are unchanged.
+
+    The subset is :func:`subsample_classes` with ``seed``: the one the utility study's imbalance experiments use with
+    ``imbalance_seed=seed``, so a generator fine-tuned on this datalist has seen exactly the real images those
+    classifiers see. The copy records ``subsampled``: the source file and its SHA-256, the fractions and the seed.
+
+    Args:
+        datalist: the source datalist JSON (patient-level splits, ``labels``).
+        output: the new datalist JSON (a ``.json`` file; never the source).
+        fractions: class name -> fraction of its training images kept, in (0, 1].
+        seed: the seed of the choice.
+        overwrite: replace an existing ``output``.
+
+    Raises:
+        OCTDataError: ``output`` is the source or not a ``.json`` file, exists (without ``overwrite``), or
+            ``fractions`` names a class the datalist does not have or a fraction outside (0, 1]; nothing is written.
+    """
+    src, out = Path(datalist), Path(output)
+    if out.suffix.lower() != ".json":
+        raise OCTDataError(out, f"the subsampled datalist must be a .json file, not {out.suffix or '(no suffix)'!r}")
+    if out.resolve() == src.resolve():
+        raise OCTDataError(out, "is the source datalist; write the subsampled copy to a new file")
+    if out.exists() and not overwrite:
+        raise OCTDataError(out, "exists; pass overwrite=True (--overwrite) to replace it")
+    data = load_datalist(src)
+    names = datalist_class_names(data)
+    if not fractions:
+        raise OCTDataError(src, "no class to subsample: give fractions such as {'DRUSEN': 0.1}")
+    try:
+        kept = subsample_classes(data.get("training") or [], dict(fractions), names, int(seed))
+    except ValueError as err:
+        raise OCTDataError(src, str(err)) from None
+    data["training"] = kept
+    data["numTraining"] = len(kept)
+    data["subsampled"] = {
+        "source": str(src.resolve()),
+        "source_sha256": file_sha256(src),
+        "fractions": {str(k): float(v) for k, v in fractions.items()},
+        "seed": int(seed),
+    }
+    write_datalist(out, data)
+    return data
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -368,6 +368,7 @@ def _utility(s, clf, class_names, train_items, test_items, synth_items, out: Pat
         seeds=s.utility_seeds,
         output_dir=out / "utility",
         imbalance=_resolve_imbalance(s, class_names, train_items),
+        imbalance_seed=s.imbalance_seed,
         progress=s.progress,
     )
 

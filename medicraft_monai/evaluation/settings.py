@@ -38,6 +38,9 @@ class EvaluationSettings:
         utility_seeds: seeds of the utility study (mean and spread over them).
         imbalance: class -> fraction of its real training images kept for the augmentation experiment (minority
             classes subsampled on purpose); ``"auto"``: every class but the largest kept at 25%; ``None``: skip.
+        imbalance_seed: draw that subset once with this seed for every utility seed (a clinic's one fixed data set:
+            the seeds then vary only the classifiers; ``medicraft subsample`` writes the same subset as a datalist to
+            fine-tune a generator on); ``None``: each utility seed draws its own subset.
         classifier: overrides of :class:`~medicraft_monai.evaluation.utility.ClassifierSettings` (epochs, size, ...).
         anatomy: run the anatomical plausibility checks.
         anatomy_profile: the scan protocol the checks assume: "phantom" (the built-in phantom's 12 mm radial lines)
@@ -65,6 +68,7 @@ class EvaluationSettings:
     utility: bool = True
     utility_seeds: tuple[int, ...] = (0, 1, 2)
     imbalance: Mapping[str, float] | str | None = "auto"
+    imbalance_seed: int | None = None
     classifier: dict[str, Any] = field(default_factory=dict)
     anatomy: bool = True
     anatomy_profile: str = "phantom"
@@ -102,6 +106,10 @@ class EvaluationSettings:
             raise ValueError(f"privacy_percentile must be in (0, 50), got {self.privacy_percentile}")
         if isinstance(self.imbalance, str) and self.imbalance != "auto":
             raise ValueError(f"imbalance must be a class -> fraction mapping, 'auto' or None, got {self.imbalance!r}")
+        if self.imbalance_seed is not None:
+            if isinstance(self.imbalance_seed, bool) or not isinstance(self.imbalance_seed, int):
+                raise ValueError(f"imbalance_seed must be an integer or None, got {self.imbalance_seed!r}")
+            self.imbalance_seed = int(self.imbalance_seed)
         self.utility_seeds = tuple(int(s) for s in self.utility_seeds)
         if self.utility and not self.utility_seeds:
             raise ValueError("utility_seeds is empty")

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from medicraft_monai.bundles import bundle_path, config_files
-from medicraft_monai.data.datalist import check_splits, write_datalist
+from medicraft_monai.data.datalist import check_splits, subsample_classes, write_datalist
 from medicraft_monai.data.errors import EmptyDatasetError, SplitLeakError
 from medicraft_monai.data.keys import OCTKeys
 from medicraft_monai.evaluation.workflow import run_bundle_workflow
@@ -292,28 +292,6 @@ def evaluate_classifier(
 # --------------------------------------------------------------------------------------------------------------------
 # the study
 # --------------------------------------------------------------------------------------------------------------------
-def _subsample(
-    items: Sequence[dict[str, Any]], imbalance: Mapping[str, float], class_names: Sequence[str], seed: int
-) -> list[dict[str, Any]]:
-    """Keep ``round(fraction * n)`` (at least 1) of each named class's items, chosen with ``seed``; others all."""
-    unknown = set(imbalance) - set(class_names)
-    if unknown:
-        raise ValueError(f"imbalance names unknown classes {sorted(unknown)}; classes are {list(class_names)}")
-    rng = np.random.default_rng([int(seed), 0x1B])
-    out: list[dict[str, Any]] = []
-    for c, name in enumerate(class_names):
-        members = [it for it in items if it[OCTKeys.LABEL] == c]
-        if name in imbalance and members:
-            frac = float(imbalance[name])
-            if not 0.0 < frac <= 1.0:
-                raise ValueError(f"imbalance[{name!r}] must be in (0, 1], got {frac}")
-            keep = max(1, round(frac * len(members)))
-            idx = sorted(rng.choice(len(members), size=keep, replace=False).tolist())
-            members = [members[i] for i in idx]
-        out.extend(members)
-    return out
-
-
 def _top_up(
     imbalanced: Sequence[dict[str, Any]],
     full: Sequence[dict[str, Any]],
@@ -526,6 +504,7 @@ def utility_study(
     imbalance_fill: str = "restore",
     progress: bool = True,
     detectability: bool = True,
+    imbalance_seed: int | None = None,
 ) -> dict[str, Any]:
     """Train and test the ``oct_classifier`` bundle on real and synthetic data: TRTR, TSTR, TRTS, the imbalance
     experiments and real-vs-synthetic detectability.
@@ -538,7 +517,8 @@ def utility_study(
     class, and TRTS with such a set as test, are reported so.
 
     **Imbalance.** With ``imbalance``, per seed one subset of the real training set is drawn
-    (``real_imbalanced``) and four classifiers train on it: as is, with inverse-frequency class weights in the
+    (:func:`~medicraft_monai.data.datalist.subsample_classes` with that seed, or with ``imbalance_seed`` for every seed: a clinic's one fixed set,
+    the seeds then vary only the classifiers' training) (``real_imbalanced``) and four classifiers train on it: as is, with inverse-frequency class weights in the
     cross-entropy (``real_imbalanced_weighted``: the bundle's ``class_weighting="inverse"``), with class-balanced
     sampling (``real_imbalanced_oversampled``: ``balanced_sampling=True``) and topped up with synthetic images
     (``real_imbalanced_plus_synthetic``). The weighted and oversampled runs use exactly one remedy each (the
@@ -576,6 +556,7 @@ def utility_study(
             (as far as there are synthetic ones); ``"all"``: add every synthetic image of those classes.
         progress: show a progress bar over the runs.
         detectability: run the ``real_vs_synthetic`` experiment.
+        imbalance_seed: draw the imbalanced subset with this seed for every run (``None``: with each run's seed).
 
     Returns:
         a JSON-able dictionary: ``class_names``, ``seeds``, ``settings``, ``imbalance``, ``imbalance_fill``,
@@ -657,7 +638,9 @@ def utility_study(
         for seed in seeds:
             train_sets = {"real": real_tr, "synthetic": synth}
             if imbalance:
-                subset = _subsample(real_tr, imbalance, names, seed)
+                subset = subsample_classes(
+                    real_tr, imbalance, names, seed if imbalance_seed is None else imbalance_seed
+                )
                 # one subset per seed for all four imbalance experiments
                 train_sets.update(imbalanced=subset, weighted=subset, oversampled=subset)
                 train_sets["augmented"] = _top_up(subset, real_tr, synth, sub_classes, seed, imbalance_fill)
@@ -704,6 +687,7 @@ def utility_study(
             "settings": settings.to_json(),
             "imbalance": dict(imbalance) if imbalance else None,
             "imbalance_fill": imbalance_fill if imbalance else None,
+            "imbalance_seed": imbalance_seed if imbalance else None,
             "counts": {
                 "real_train": len(real_tr),
                 "real_test": len(real_te),
