@@ -156,9 +156,16 @@ class MedicraftCLI:
         print(f"datalist written to {output}")
 
     def subsample(
-        self, datalist: str, output: str, fractions: str | dict, seed: int = 0, overwrite: bool = False
+        self,
+        datalist: str,
+        output: str,
+        fractions: str | dict | None = None,
+        seed: int = 0,
+        overwrite: bool = False,
+        drop: str | Sequence[str] | None = None,
     ) -> None:
-        """Write a copy of a datalist whose training split keeps only a fraction of some classes (an imbalanced set).
+        """Write a copy of a datalist whose training split keeps only a fraction of some classes (an imbalanced set),
+        or without some classes in any split (--drop); the patient-level splits are otherwise kept.
 
         The subset is the one ``medicraft evaluate`` trains its imbalance experiments on with the settings
         ``{"imbalance": FRACTIONS, "imbalance_seed": SEED}``, so a generator fine-tuned on this copy has seen exactly
@@ -170,6 +177,8 @@ class MedicraftCLI:
             fractions: JSON mapping class name -> fraction of its training images kept, e.g. '{"DRUSEN": 0.1}'.
             seed: the seed of the choice.
             overwrite: replace an existing output file.
+            drop: classes removed from every split, comma-separated (labels renumbered), e.g. the parent of a study
+                that must never see the class the study cuts.
         """
         from medicraft_monai.data.datalist import count_table, subsample_datalist
 
@@ -177,7 +186,7 @@ class MedicraftCLI:
             cut = _as_mapping(fractions)
         except json.JSONDecodeError as e:
             raise ValueError(f"--fractions must be a JSON mapping such as '{{\"DRUSEN\": 0.1}}' ({e})") from None
-        data = subsample_datalist(datalist, output, cut or {}, seed=seed, overwrite=overwrite)
+        data = subsample_datalist(datalist, output, cut, seed=seed, overwrite=overwrite, drop=_as_list(drop) or ())
         print(count_table(data))
         print(f"subsampled datalist written to {output}")
 

@@ -751,23 +751,47 @@ def test_subsample_writes_the_studys_subset_and_leaves_the_other_splits(real, tm
         "source_sha256": _sha(path),
         "fractions": {"DRUSEN": 0.1},
         "seed": 3,
+        "dropped": [],
     }
     other_seed = subsample_classes(datalist["training"], {"DRUSEN": 0.1}, CLASSES, 4)
     assert [it["image"] for it in other_seed] != [it["image"] for it in expected]  # the seed matters
 
 
+def test_subsample_drop_removes_a_class_from_every_split_and_keeps_the_patients_where_they_were(real, tmp_path):
+    datalist, path = real
+    out = tmp_path / "parent.json"
+    proc = _medicraft("subsample", str(path), str(out), "--drop", "DRUSEN")
+    assert proc.returncode == 0, proc.stderr
+    parent = load_datalist(out)
+    keep = ["CNV", "DME", "NORMAL"]
+    assert parent["labels"] == {"0": "CNV", "1": "DME", "2": "NORMAL"} and parent["num_classes"] == 3
+    for split in SPLITS:
+        expected = sorted(
+            (it["image"], keep.index(it["class_name"]), it["patient_id"])
+            for it in datalist[split]
+            if it["class_name"] != "DRUSEN"
+        )
+        assert sorted((it["image"], it["label"], it["patient_id"]) for it in parent[split]) == expected
+        assert parent["num" + split.capitalize()] == len(expected)
+    assert parent["subsampled"]["dropped"] == ["DRUSEN"] and parent["subsampled"]["fractions"] == {}
+
+
 @pytest.mark.parametrize(
-    ("output", "fractions", "problem"),
+    ("output", "args", "problem"),
     [
-        ("source", '{"DRUSEN": 0.1}', "is the source datalist"),
-        ("existing", '{"DRUSEN": 0.1}', "exists; pass overwrite=True (--overwrite)"),
-        ("new", '{"DRUSN": 0.1}', "unknown classes ['DRUSN']"),
-        ("new", '{"DRUSEN": 0}', "must be in (0, 1], got 0.0"),
-        ("new", '{"DRUSEN": 1.5}', "must be in (0, 1], got 1.5"),
-        ("txt", '{"DRUSEN": 0.1}', "must be a .json file, not '.txt'"),
+        ("source", ["--fractions", '{"DRUSEN": 0.1}'], "is the source datalist"),
+        ("existing", ["--fractions", '{"DRUSEN": 0.1}'], "exists; pass overwrite=True (--overwrite)"),
+        ("new", ["--fractions", '{"DRUSN": 0.1}'], "unknown classes ['DRUSN']"),
+        ("new", ["--fractions", '{"DRUSEN": 0}'], "must be in (0, 1], got 0.0"),
+        ("new", ["--fractions", '{"DRUSEN": 1.5}'], "must be in (0, 1], got 1.5"),
+        ("txt", ["--fractions", '{"DRUSEN": 0.1}'], "must be a .json file, not '.txt'"),
+        ("new", [], "nothing to do"),
+        ("new", ["--drop", "DRUSN"], "cannot drop unknown classes ['DRUSN']"),
+        ("new", ["--drop", "DRUSEN", "--fractions", '{"DRUSEN": 0.1}'], "both cut and dropped"),
+        ("new", ["--drop", "CNV,DME,DRUSEN,NORMAL"], "every class would be dropped"),
     ],
 )
-def test_subsample_refuses_bad_arguments_before_writing(real, tmp_path, output, fractions, problem):
+def test_subsample_refuses_bad_arguments_before_writing(real, tmp_path, output, args, problem):
     _, path = real
     source = path.parent / f"source_{tmp_path.name}.json"  # beside the original: its image paths are relative
     shutil.copyfile(path, source)
@@ -775,7 +799,7 @@ def test_subsample_refuses_bad_arguments_before_writing(real, tmp_path, output, 
     existing.write_text("{}")
     target = {"source": source, "existing": existing, "new": tmp_path / "new.json", "txt": tmp_path / "cut.txt"}[output]
     before = {source: source.read_bytes(), existing: existing.read_bytes()}
-    proc = _medicraft("subsample", str(source), str(target), "--fractions", fractions)
+    proc = _medicraft("subsample", str(source), str(target), *args)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr

@@ -1198,16 +1198,19 @@ def subsample_classes(
 def subsample_datalist(
     datalist: str | os.PathLike,
     output: str | os.PathLike,
-    fractions: Mapping[str, float],
+    fractions: Mapping[str, float] | None = None,
     seed: int = 0,
     overwrite: bool = False,
+    drop: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Write a copy of a datalist whose training split keeps only a fraction of some classes (a deliberate
-    imbalance); validation and test are unchanged.
+    imbalance), or without some classes at all; the patient-level splits are otherwise unchanged.
 
     The subset is :func:`subsample_classes` with ``seed``: the one the utility study's imbalance experiments use with
     ``imbalance_seed=seed``, so a generator fine-tuned on this datalist has seen exactly the real images those
-    classifiers see. The copy records ``subsampled``: the source file and its SHA-256, the fractions and the seed.
+    classifiers see. ``drop`` removes classes from every split and renumbers the labels (for example the parent of a
+    study that must never see the class the study cuts; a new split would move patients between splits). The copy
+    records ``subsampled``: the source file and its SHA-256, the fractions, the seed and the dropped classes.
 
     Args:
         datalist: the source datalist JSON (patient-level splits, ``labels``).
@@ -1215,12 +1218,15 @@ def subsample_datalist(
         fractions: class name -> fraction of its training images kept, in (0, 1].
         seed: the seed of the choice.
         overwrite: replace an existing ``output``.
+        drop: class names removed from every split.
 
     Raises:
-        OCTDataError: ``output`` is the source or not a ``.json`` file, exists (without ``overwrite``), or
-            ``fractions`` names a class the datalist does not have or a fraction outside (0, 1]; nothing is written.
+        OCTDataError: ``output`` is the source or not a ``.json`` file, exists (without ``overwrite``), nothing is
+            asked, ``fractions`` or ``drop`` names a class the datalist does not have, a fraction is outside (0, 1],
+            a class is both cut and dropped, or every class is dropped; nothing is written.
     """
     src, out = Path(datalist), Path(output)
+    fractions, drop = dict(fractions or {}), [str(c) for c in drop]
     if out.suffix.lower() != ".json":
         raise OCTDataError(out, f"the subsampled datalist must be a .json file, not {out.suffix or '(no suffix)'!r}")
     if out.resolve() == src.resolve():
@@ -1229,19 +1235,34 @@ def subsample_datalist(
         raise OCTDataError(out, "exists; pass overwrite=True (--overwrite) to replace it")
     data = load_datalist(src)
     names = datalist_class_names(data)
-    if not fractions:
-        raise OCTDataError(src, "no class to subsample: give fractions such as {'DRUSEN': 0.1}")
+    if not fractions and not drop:
+        raise OCTDataError(src, "nothing to do: give fractions such as {'DRUSEN': 0.1} or classes to drop")
+    unknown = sorted(set(drop) - set(names))
+    if unknown:
+        raise OCTDataError(src, f"cannot drop unknown classes {unknown}; classes are {names}")
+    if set(drop) & set(fractions):
+        raise OCTDataError(src, f"classes {sorted(set(drop) & set(fractions))} are both cut and dropped")
+    keep = [n for n in names if n not in drop]
+    if not keep:
+        raise OCTDataError(src, "every class would be dropped")
     try:
-        kept = subsample_classes(data.get("training") or [], dict(fractions), names, int(seed))
+        data["training"] = subsample_classes(data.get("training") or [], fractions, names, int(seed))
     except ValueError as err:
         raise OCTDataError(src, str(err)) from None
-    data["training"] = kept
-    data["numTraining"] = len(kept)
+    index = {names.index(n): k for k, n in enumerate(keep)}
+    for split in SPLITS:
+        items = [it for it in data.get(split) or [] if it[OCTKeys.LABEL] in index]
+        data[split] = [{**it, OCTKeys.LABEL: index[it[OCTKeys.LABEL]]} for it in items]
+        data["num" + split.capitalize()] = len(data[split])
+    if drop:
+        data["labels"] = {str(k): n for k, n in enumerate(keep)}
+        data["num_classes"] = len(keep)
     data["subsampled"] = {
         "source": str(src.resolve()),
         "source_sha256": file_sha256(src),
         "fractions": {str(k): float(v) for k, v in fractions.items()},
         "seed": int(seed),
+        "dropped": drop,
     }
     write_datalist(out, data)
     return data
