@@ -76,7 +76,14 @@ def test_diffusion_metadata_states_the_configs_prediction_sampler_steps_shapes_a
     meta, fmt = _meta(bundle), _meta(bundle)["network_data_format"]
     inference, train = _config(bundle, "inference.json"), _config(bundle, "train.json")
     stated = meta["medicraft_diffusion"]
-    for key in ("prediction_type", "noise_schedule", "num_train_timesteps", "sampler", "num_inference_steps"):
+    for key in (
+        "prediction_type",
+        "noise_schedule",
+        "num_train_timesteps",
+        "sampler",
+        "num_inference_steps",
+        "guidance_scale",
+    ):
         assert stated[key] == _value(inference, key), f"{bundle.name}: metadata {key}={stated[key]!r}, config differs"
     for key in ("prediction_type", "noise_schedule", "num_train_timesteps"):
         assert stated[key] == _value(train, key), f"{bundle.name}: metadata {key}={stated[key]!r}, train.json differs"

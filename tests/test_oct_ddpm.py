@@ -159,7 +159,7 @@ def sampled(trained: dict) -> dict[str, Path]:
     root = trained["root"]
     out = {}
     for name, extra in {
-        "a": {"batch_size": 3, "guidance_scale": 1.0},  # the bundle's default is 3 (the shipped weights')
+        "a": {"batch_size": 3, "guidance_scale": 1.0},  # the bundle's default (0.7.0), given explicitly
         "b": {"batch_size": 5, "guidance_scale": 1.0},
         "guided": {"batch_size": 3, "guidance_scale": 4.0},
     }.items():
