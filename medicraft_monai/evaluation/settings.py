@@ -106,10 +106,10 @@ class EvaluationSettings:
             raise ValueError(f"privacy_percentile must be in (0, 50), got {self.privacy_percentile}")
         if isinstance(self.imbalance, str) and self.imbalance != "auto":
             raise ValueError(f"imbalance must be a class -> fraction mapping, 'auto' or None, got {self.imbalance!r}")
-        if self.imbalance_seed is not None:
-            if isinstance(self.imbalance_seed, bool) or not isinstance(self.imbalance_seed, int):
-                raise ValueError(f"imbalance_seed must be an integer or None, got {self.imbalance_seed!r}")
-            self.imbalance_seed = int(self.imbalance_seed)
+        if self.imbalance_seed is not None and (
+            isinstance(self.imbalance_seed, bool) or not isinstance(self.imbalance_seed, int)
+        ):
+            raise ValueError(f"imbalance_seed must be an integer or None, got {self.imbalance_seed!r}")
         self.utility_seeds = tuple(int(s) for s in self.utility_seeds)
         if self.utility and not self.utility_seeds:
             raise ValueError("utility_seeds is empty")

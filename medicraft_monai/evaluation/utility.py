@@ -517,8 +517,9 @@ def utility_study(
     class, and TRTS with such a set as test, are reported so.
 
     **Imbalance.** With ``imbalance``, per seed one subset of the real training set is drawn
-    (:func:`~medicraft_monai.data.datalist.subsample_classes` with that seed, or with ``imbalance_seed`` for every seed: a clinic's one fixed set,
-    the seeds then vary only the classifiers' training) (``real_imbalanced``) and four classifiers train on it: as is, with inverse-frequency class weights in the
+    (:func:`~medicraft_monai.data.datalist.subsample_classes` with that seed, or with ``imbalance_seed`` for every
+    seed: a clinic's one fixed set, the seeds then vary only the classifiers' training) (``real_imbalanced``) and four
+    classifiers train on it: as is, with inverse-frequency class weights in the
     cross-entropy (``real_imbalanced_weighted``: the bundle's ``class_weighting="inverse"``), with class-balanced
     sampling (``real_imbalanced_oversampled``: ``balanced_sampling=True``) and topped up with synthetic images
     (``real_imbalanced_plus_synthetic``). The weighted and oversampled runs use exactly one remedy each (the
