@@ -18,6 +18,7 @@ import test_oct_classifier as classifier
 import test_oct_context_restoration as restoration
 import test_oct_ddpm as ddpm
 import test_oct_ldm as ldm
+from _datalists import generator_output
 from monai.bundle import ConfigWorkflow
 
 from medicraft_monai.bundles import config_files
@@ -96,15 +97,32 @@ def test_oct_context_restoration_trains_an_epoch_then_restores_held_out_images(d
 
 
 def test_oct_synthesis_eval_runs_its_per_image_inference(datalist: Path, tmp_path: Path) -> None:
-    """The evaluation bundle trains nothing of its own: its inference config checks the anatomy of each image."""
+    """The evaluation bundle trains nothing of its own: its inference config runs the per-image QA (anatomy, the
+    shipped classifier's agreement, the distance to the nearest real training image) on each image."""
+    bundle = REPO / "bundles" / "oct_synthesis_eval"
+    data = json.loads(datalist.read_text())
+    synthetic = tmp_path / "synthetic"  # stand-ins as a 64 x 128 generator writes them; one is a training image
+    for it in [data["training"][0], *data["test"]]:
+        generator_output(datalist.parent / it["image"], synthetic / it["class_name"] / f"{Path(it['image']).stem}.png")
     workflow(
         "oct_synthesis_eval",
         "inference.json",
         "infer",
-        tmp_path,
-        images=str(datalist),
+        bundle,  # its shipped feature extractor; everything it writes goes to tmp_path
+        images=str(synthetic),
+        real_datalist=str(datalist),
+        output_dir=str(tmp_path / "qa"),
         anatomy_profile="spectralis",
+        image_size=[64, 128],
         progress=False,
     )
-    written = _files(tmp_path / "eval" / "anatomy")
-    assert {"anatomy.csv", "anatomy.json"} <= set(written), written
+    assert {"qa.csv", "qa.json", "qa_summary.json"} <= set(_files(tmp_path / "qa"))
+    table = json.loads((tmp_path / "qa" / "qa.json").read_text())
+    rows = {Path(r["image"]).stem: r for r in table["images"]}
+    assert len(rows) == 1 + len(data["test"])
+    for row in rows.values():
+        assert row["error"] is None and row["predicted"] in CLASSES and 0 <= row["confidence"] <= 1
+    copy = rows[Path(data["training"][0]["image"]).stem]
+    assert copy["memorised"] is True and copy["passed"] is False
+    summary = table["summary"]
+    assert summary["real"]["n"] == len(data["validation"]) and summary["n_memorised"] >= 1
