@@ -1,4 +1,4 @@
-"""MONAI Deploy App SDK applications ``classify`` and ``synthesize``, run for real in their own environment.
+"""MONAI Deploy App SDK applications ``classify``, ``synthesize`` and ``qa``, run for real in their own environment.
 
 Both apps run as ``python -m medicraft_monai.deploy.<app>`` subprocesses of ``.venv-deploy`` (monai-deploy-app-sdk
 4.0.0 on holoscan-cu13, CPU only; created by ``scripts/setup_deploy_env.sh`` when missing) on real B-scans from
@@ -10,7 +10,9 @@ models made from the real bundles' configs:
 - the generator: ``bundles/oct_ddpm/configs/inference.json`` with a tiny UNet (random weights, 2 DDIM steps).
 
 The apps' outputs are checked against the same models run in this process (the bundle's own preprocessing and
-network; ``DiffusionGenerator.from_bundle``), so the numbers cannot be right by accident.
+network; ``DiffusionGenerator.from_bundle``), so the numbers cannot be right by accident. The ``qa`` gate runs with
+the shipped ``oct_classifier`` and ``oct_synthesis_eval`` bundles and a tiny real datalist, on real B-scans standing
+in for synthetic ones (one of them a copy of a training image).
 """
 
 from __future__ import annotations
@@ -27,29 +29,34 @@ import numpy as np
 import pydicom
 import pytest
 import torch
+from _datalists import generator_output, small_oct2017_datalist
 from _subprocess import run_group
 from monai.bundle import ConfigParser, ckpt_export
 
-from medicraft_monai.data import read_bscan, read_frames, write_oct_dicom
+from medicraft_monai.data import load_datalist, read_bscan, read_frames, write_oct_dicom
 from medicraft_monai.deploy.classifier import (
     ClassifierModelError,
     TorchScriptClassifier,
     _channel_def_names,
     classify_frames,
 )
-from medicraft_monai.deploy.inputs import read_input_frames
+from medicraft_monai.deploy.inputs import InputFrame, read_input_frames
+from medicraft_monai.deploy.qa_gate import QASettings, QAUsageError, intended_class
 from medicraft_monai.deploy.synthesis import SynthesisRequest, resolve_bundle, synthesize
 from medicraft_monai.engines.records import GeneratorError
+from medicraft_monai.evaluation.per_image import QA_FIELDS
 from medicraft_monai.networks import randomise_zero_weights
 from medicraft_monai.networks.bundle import configured_class_names
 from medicraft_monai.synthesis.generator import DiffusionGenerator
-from medicraft_monai.synthesis.writers import to_uint
+from medicraft_monai.synthesis.writers import to_uint, write_synthetic_image
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY_VENV = Path(os.environ.get("MEDICRAFT_DEPLOY_VENV", REPO / ".venv-deploy"))
 CLASSES = ["CNV", "DME", "DRUSEN", "NORMAL"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-for _key in [k for k in ENV if k.startswith(("HOLOSCAN_", "MEDICRAFT_SYNTH_"))] + ["MEDICRAFT_CLASS_NAMES"]:
+for _key in [k for k in ENV if k.startswith(("HOLOSCAN_", "MEDICRAFT_SYNTH_", "MEDICRAFT_QA_"))] + [
+    "MEDICRAFT_CLASS_NAMES"
+]:
     ENV.pop(_key, None)
 SYNTH_NAME = re.compile(r"^synthetic_(?P<cls>[A-Za-z0-9_-]+)_(?P<index>\d{6})_s(?P<seed>\d+)\.(png|dcm)$")
 APP_TIMEOUT = 240
@@ -68,9 +75,14 @@ def deploy_python() -> Path:
     return python
 
 
-def run_app(python: Path, app: str, args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+def run_app(
+    python: Path, app: str, args: list[str], env: dict | None = None, returncode: int = 0
+) -> subprocess.CompletedProcess:
+    """Run ``python -m medicraft_monai.deploy.<app> ARGS`` and check its exit status."""
     proc = run_group([str(python), "-m", f"medicraft_monai.deploy.{app}", *args], timeout=APP_TIMEOUT, env=env or ENV)
-    assert proc.returncode == 0, f"{app} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    assert proc.returncode == returncode, (
+        f"{app} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    )
     return proc
 
 
@@ -473,7 +485,7 @@ def test_app_yaml_and_requirements_for_packaging(deploy_python: Path) -> None:
         "    out[path] = {'title': c.title(), 'application': c._application_object, 'resources': c._resource_object}\n"
         "print(json.dumps(out, default=str))\n"
     )
-    folders = [REPO / "medicraft_monai" / "deploy" / app for app in ("classify", "synthesize")]
+    folders = [REPO / "medicraft_monai" / "deploy" / app for app in ("classify", "synthesize", "qa")]
     proc = run_group([str(deploy_python), "-c", script, *[str(f / "app.yaml") for f in folders]], timeout=120, env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     configs = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -485,3 +497,198 @@ def test_app_yaml_and_requirements_for_packaging(deploy_python: Path) -> None:
         assert (folder / "__main__.py").is_file()
         reqs = {re.split(r"[=<>]", line)[0] for line in (folder / "requirements.txt").read_text().splitlines()}
         assert {"torch", "monai", "pydicom", "highdicom"} <= reqs
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# qa
+# --------------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def qa_models(tmp_path_factory, oct2017_dir: Path) -> Path:
+    """The QA app's model folder: the shipped bundles (links) and a tiny real reference datalist (3 training, 2
+    validation and 2 test B-scans per class, split by patient)."""
+    root = tmp_path_factory.mktemp("qa") / "models"
+    root.mkdir()
+    for name in ("oct_classifier", "oct_synthesis_eval"):
+        (root / name).symlink_to(REPO / "bundles" / name)
+    small_oct2017_datalist(oct2017_dir, root / "reference_datalist.json", 3, 2, 2)
+    return root
+
+
+@pytest.fixture(scope="module")
+def qa_input(tmp_path_factory, qa_models: Path) -> dict:
+    """Real B-scans standing in for a synthetic set, as a 64 x 128 generator would write them (cropped around the
+    retina, resized, 8-bit PNG): a copy of a training image, the datalist's 8 test images (other patients; the
+    calibration uses its validation split), a DICOM written by the project's synthetic writer (its class
+    in the provenance, its folder named otherwise), a corrupt PNG, a truncated JPEG, and a synthesis job's sidecar
+    files (not images: skipped)."""
+    data = load_datalist(qa_models / "reference_datalist.json")
+    root = tmp_path_factory.mktemp("qa_in") / "synthetic"
+    train = data["training"][0]
+    copied = generator_output(train["image"], root / train["class_name"] / f"copied_{Path(train['image']).stem}.png")
+    tests = [
+        generator_output(it["image"], root / it["class_name"] / f"{Path(it['image']).stem}.png") for it in data["test"]
+    ]
+    donor = data["test"][-1]
+    dicom = write_synthetic_image(
+        root / "dicom" / f"synthetic_{donor['class_name']}_000000_s0.dcm",
+        read_bscan(donor["image"])[0] / 255.0,
+        "dicom",
+        provenance={"class_name": donor["class_name"], "seed": 0},
+        class_name=donor["class_name"],
+    )
+    corrupt = root / "CNV" / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not a png" * 10)
+    data_bytes = Path(data["test"][0]["image"]).read_bytes()
+    truncated = root / "DME" / "truncated.jpeg"
+    truncated.write_bytes(data_bytes[: len(data_bytes) // 3])
+    (root / "manifest.csv").write_text("path,class_name\n")
+    (root / "synthesis.json").write_text("{}")
+    return {
+        "root": root,
+        "copied": copied,
+        "training_image": Path(train["image"]),
+        "tests": tests,
+        "dicom": dicom,
+        "dicom_class": donor["class_name"],
+        "corrupt": corrupt,
+        "truncated": truncated,
+    }
+
+
+def test_qa_app_gates_a_folder_with_a_copy_and_bad_files(
+    deploy_python: Path, qa_models: Path, qa_input: dict, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    args = ["-i", str(qa_input["root"]), "-o", str(out), "-m", str(qa_models)]
+    proc = run_app(deploy_python, "qa", args, {**ENV, "MEDICRAFT_QA_IMAGE_SIZE": "64x128"})
+    report = json.loads((out / "qa.json").read_text())
+    rows, summary = report["images"], report["summary"]
+    by_image = {Path(r["image"]): r for r in rows}
+    images = [qa_input["copied"], *qa_input["tests"], qa_input["dicom"], qa_input["corrupt"], qa_input["truncated"]]
+    assert len(rows) == len(images) == 12 and set(by_image) == set(images)  # the sidecar files are not images
+
+    for bad, what in ((qa_input["corrupt"], "png"), (qa_input["truncated"], "jpeg")):
+        r = by_image[bad]
+        assert r["passed"] is False and bad.name in r["error"] and f"cannot decode {what}" in r["error"]
+        assert r["reasons"] == [f"unreadable: {r['error']}"] and r["predicted"] is None and r["memorised"] is None
+    assert "truncated" in by_image[qa_input["truncated"]]["error"].split(":", 1)[1]
+
+    copy = by_image[qa_input["copied"]]
+    assert copy["memorised"] is True and copy["passed"] is False
+    assert copy["nearest_real_distance"] <= 0.02 * copy["memorisation_threshold"]  # an 8-bit copy
+    assert Path(copy["nearest_real_image"]).resolve() == qa_input["training_image"].resolve()
+    assert "closer to a training image than real new patients are" in copy["reasons"]
+
+    readable = [r for r in rows if not r["error"]]
+    assert len(readable) == 10
+    threshold = copy["memorisation_threshold"]
+    for r in readable:
+        assert r["predicted"] in CLASSES and 0.25 <= r["confidence"] <= 1 and 0 <= r["uncertainty"] <= 1
+        assert isinstance(r["anatomy_passed"], bool) and isinstance(r["agrees"], bool) and r["frame"] == 0
+        assert r["memorisation_threshold"] > 0 and r["nearest_real_distance"] >= 0
+        assert r["passed"] == (not r["reasons"])
+        if r is not copy:  # other patients are further from the training set than the copy is
+            assert r["nearest_real_distance"] > 10 * copy["nearest_real_distance"]
+    assert threshold > copy["nearest_real_distance"]
+    dicom = by_image[qa_input["dicom"]]  # the class is the DICOM's provenance, not the folder's name ("dicom")
+    assert dicom["class_name"] == qa_input["dicom_class"] and dicom["intended_probability"] is not None
+
+    table = read_csv(out / "qa.csv")
+    assert list(table[0]) == list(QA_FIELDS) and len(table) == len(rows)
+    for t, r in zip(table, rows):
+        assert t["image"] == r["image"] and t["class_name"] == r["class_name"] and t["passed"] == str(r["passed"])
+        assert t["reasons"] == ";".join(r["reasons"]) and t["error"] == (r["error"] or "")
+        assert t["memorised"] == ("" if r["memorised"] is None else str(r["memorised"]))
+        if r["confidence"] is not None:
+            assert float(t["confidence"]) == pytest.approx(r["confidence"])
+            assert float(t["nearest_real_distance"]) == pytest.approx(r["nearest_real_distance"])
+
+    assert json.loads((out / "qa_summary.json").read_text()) == summary
+    assert summary["n"] == 12 and summary["n_errors"] == 2 and summary["n_memorised"] >= 1
+    # the gate asks for a share of what real scans of other patients (the validation split) pass
+    assert summary["real"]["n"] == 8 and summary["real"]["n_errors"] == 0
+    assert abs(summary["required_pass_fraction"] - 0.8 * summary["real"]["pass_fraction"]) < 1e-12
+    assert summary["n_passed"] == sum(r["passed"] for r in rows) and summary["passed"] is False
+    assert summary["verdict"].startswith("fail: 2 unreadable file(s); ")
+    assert sum(c["n"] for c in summary["per_class"].values()) == 12
+    settings = report["settings"]
+    assert settings["classifier"]["class_names"] == CLASSES and settings["n_reference"] == 12
+    assert settings["n_calibration"] == 8 and settings["anatomy_profile"] == "spectralis"
+    assert settings["input"] == str(qa_input["root"])
+    assert f"{summary['n_passed']} of 12 image(s) passed, 2 unreadable" in proc.stdout
+
+
+def test_qa_app_exit_status_settings_and_usage_errors(
+    deploy_python: Path, qa_models: Path, qa_input: dict, tmp_path: Path
+) -> None:
+    """HOLOSCAN_* paths and MEDICRAFT_QA_* settings; 0 whatever the verdict, 3 for a failed gate with
+    MEDICRAFT_QA_FAIL_EXIT=1, 2 (naming the path) for a missing bundle or datalist."""
+    inp = tmp_path / "input"
+    (inp / "NORMAL").mkdir(parents=True)
+    normal = [p for p in qa_input["tests"] if p.parent.name == "NORMAL"]
+    for p in normal:
+        (inp / "NORMAL" / p.name).symlink_to(p)
+    env = {**ENV, "HOLOSCAN_INPUT_PATH": str(inp), "HOLOSCAN_MODEL_PATH": str(qa_models)}
+    # only the classifier: every image is read and none can be memorised; min pass fraction 0: the gate passes
+    only_classifier = {"MEDICRAFT_QA_EVAL_BUNDLE": "none", "MEDICRAFT_QA_REFERENCE_DATALIST": "None"}
+    only_classifier.update(MEDICRAFT_QA_ANATOMY_PROFILE="none", MEDICRAFT_QA_MIN_PASS_FRACTION="0")
+    out = tmp_path / "pass"
+    run_app(deploy_python, "qa", [], {**env, **only_classifier, "HOLOSCAN_OUTPUT_PATH": str(out)})
+    rows = json.loads((out / "qa.json").read_text())["images"]
+    assert len(rows) == len(normal) and all(r["predicted"] in CLASSES for r in rows)
+    assert all(r["anatomy_passed"] is None and r["nearest_real_distance"] is None for r in rows)
+    assert json.loads((out / "qa_summary.json").read_text())["passed"] is True
+
+    # a failed gate: exit 0 by default, 3 with MEDICRAFT_QA_FAIL_EXIT=1; the table is written either way
+    shutil.copy(qa_input["corrupt"], inp / "NORMAL" / "corrupt.png")
+    for fail_exit, status in (("0", 0), ("1", 3)):
+        out = tmp_path / f"fail{fail_exit}"
+        fail_env = {**env, **only_classifier, "HOLOSCAN_OUTPUT_PATH": str(out), "MEDICRAFT_QA_FAIL_EXIT": fail_exit}
+        run_app(deploy_python, "qa", [], fail_env, returncode=status)
+        summary = json.loads((out / "qa_summary.json").read_text())
+        assert summary["passed"] is False and summary["n_errors"] == 1 and summary["n"] == len(normal) + 1
+
+    # usage errors: exit 2, the message names the path, nothing is written
+    out = tmp_path / "usage"
+    missing = tmp_path / "nowhere" / "oct_classifier"
+    bad_env = {**env, "HOLOSCAN_OUTPUT_PATH": str(out), "MEDICRAFT_QA_CLASSIFIER_BUNDLE": str(missing)}
+    proc = run_app(deploy_python, "qa", [], bad_env, returncode=2)
+    assert f"qa: error: {missing}: classifier bundle not found" in proc.stderr and not out.exists()
+    proc = run_app(deploy_python, "qa", ["-m", str(tmp_path)], {**env, "HOLOSCAN_OUTPUT_PATH": str(out)}, returncode=2)
+    assert f"{tmp_path / 'oct_classifier'}: classifier bundle not found" in proc.stderr
+
+
+def test_qa_settings_and_intended_class(qa_models: Path, qa_input: dict, tmp_path: Path) -> None:
+    """The settings without the App SDK: defaults under the model folder, 'none' to skip, bad values named."""
+    settings = QASettings.from_environ(qa_models, {})
+    assert settings.classifier_bundle == str(qa_models / "oct_classifier") and settings.crop_height == 256
+    assert settings.reference_datalist == str(qa_models / "reference_datalist.json") and not settings.fail_exit
+    env = {"MEDICRAFT_QA_IMAGE_SIZE": "64x128", "MEDICRAFT_QA_CROP_HEIGHT": "none", "MEDICRAFT_QA_FAIL_EXIT": "1"}
+    env["MEDICRAFT_QA_CLASSIFIER_BUNDLE"] = str(REPO / "bundles" / "oct_classifier")  # absolute
+    settings = QASettings.from_environ(qa_models, env)
+    assert (settings.image_size, settings.crop_height, settings.fail_exit) == ([64, 128], None, True)
+    assert settings.classifier_bundle == str(REPO / "bundles" / "oct_classifier")
+    with pytest.raises(QAUsageError, match="MEDICRAFT_QA_.*image_size"):
+        QASettings.from_environ(qa_models, {"MEDICRAFT_QA_IMAGE_SIZE": "64"})
+    with pytest.raises(QAUsageError, match=r"min_confidence must be in \[0, 1\], got 1.5"):
+        QASettings.from_environ(qa_models, {"MEDICRAFT_QA_MIN_CONFIDENCE": "1.5"})
+    with pytest.raises(QAUsageError, match="anatomy_profile"):
+        QASettings.from_environ(qa_models, {"MEDICRAFT_QA_ANATOMY_PROFILE": "cirrus"})
+    with pytest.raises(QAUsageError, match="needs both the evaluation bundle and the reference datalist"):
+        QASettings.from_environ(qa_models, {"MEDICRAFT_QA_REFERENCE_DATALIST": "none"})
+    with pytest.raises(QAUsageError, match="not a MONAI bundle"):
+        QASettings.from_environ(qa_models, {"MEDICRAFT_QA_EVAL_BUNDLE": str(tmp_path)})
+    broken = load_datalist(qa_models / "reference_datalist.json")  # a training image gone: a broken setup, named
+    broken["training"][1]["image"] = str(tmp_path / "gone.jpeg")
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
+    with pytest.raises(QAUsageError, match=r"broken\.json: 1 of the 12 'training' images .*gone\.jpeg"):
+        QASettings.from_environ(qa_models, {"MEDICRAFT_QA_REFERENCE_DATALIST": str(tmp_path / "broken.json")})
+    off = dict.fromkeys(["CLASSIFIER_BUNDLE", "EVAL_BUNDLE", "REFERENCE_DATALIST", "ANATOMY_PROFILE"], "none")
+    with pytest.raises(QAUsageError, match="every check is switched off"):
+        QASettings.from_environ(qa_models, {f"MEDICRAFT_QA_{k}": v for k, v in off.items()})
+
+    records = {Path(r.path): r for r in read_input_frames(qa_input["root"], (".json", ".jsonl", ".csv"))}
+    assert intended_class(records[qa_input["dicom"]]) == qa_input["dicom_class"] != "dicom"
+    assert intended_class(records[qa_input["copied"]]) == qa_input["copied"].parent.name
+    assert not any(p.suffix in (".json", ".csv") for p in records)
+    assert intended_class(InputFrame("x.png", str(tmp_path / "DME" / "x.png"))) == "DME"

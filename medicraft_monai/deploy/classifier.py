@@ -47,6 +47,7 @@ from medicraft_monai.data.keys import OCTMetaKeys
 from medicraft_monai.networks.bundle import bundle_preprocessing, configured_class_names
 from medicraft_monai.utils import file_sha256
 
+from . import resolve_device
 from .inputs import InputFrame
 
 __all__ = [
@@ -169,9 +170,7 @@ class TorchScriptClassifier:
             ClassifierModelError: no model, a file that is not TorchScript, or an unusable ``preprocessing``.
         """
         path = resolve_torchscript(model_path)
-        dev = torch.device(
-            device or os.environ.get("MEDICRAFT_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
-        )
+        dev = torch.device(resolve_device(device))
         try:
             network, metadata, extra = load_net_with_metadata(
                 str(path), map_location=dev, more_extra_files=[COMMON_EXTRA, CONFIG_EXTRA]

@@ -9,6 +9,7 @@ and goes on with the other files.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -56,8 +57,9 @@ def _hidden(path: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
-def list_input_files(input_path: str | PathLike) -> list[Path]:
-    """The files to process: ``input_path`` itself, or every non-hidden file under it in sorted order.
+def list_input_files(input_path: str | PathLike, exclude_suffixes: Sequence[str] = ()) -> list[Path]:
+    """The files to process: ``input_path`` itself, or every non-hidden file under it in sorted order, except those
+    whose name ends with one of ``exclude_suffixes`` (case-insensitive, e.g. ``(".json", ".csv")``).
 
     Raises:
         FileNotFoundError: the input does not exist.
@@ -67,18 +69,24 @@ def list_input_files(input_path: str | PathLike) -> list[Path]:
         return [root]
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: input file or folder not found")
-    return sorted(p for p in root.rglob("*") if p.is_file() and not _hidden(p, root))
+    skip = tuple(s.lower() for s in exclude_suffixes)
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file() and not _hidden(p, root) and not (skip and p.name.lower().endswith(skip))
+    )
 
 
-def read_input_frames(input_path: str | PathLike) -> list[InputFrame]:
-    """Read every input file into :class:`InputFrame` records; unreadable files become records with an error.
+def read_input_frames(input_path: str | PathLike, exclude_suffixes: Sequence[str] = ()) -> list[InputFrame]:
+    """Read every input file (:func:`list_input_files`) into :class:`InputFrame` records; unreadable files become
+    records with an error.
 
     Raises:
         FileNotFoundError: the input does not exist (a missing input is the caller's mistake, not a bad file).
     """
     root = Path(input_path)
     records: list[InputFrame] = []
-    for path in list_input_files(root):
+    for path in list_input_files(root, exclude_suffixes):
         source = path.name if root.is_file() else path.relative_to(root).as_posix()
         try:
             frames, metas = read_frames(path)

@@ -1,11 +1,12 @@
-"""MONAI Deploy App SDK operators of the ``classify`` and ``synthesize`` applications.
+"""MONAI Deploy App SDK operators of the ``classify``, ``synthesize`` and ``qa`` applications.
 
 Each operator declares its ports in ``setup`` and does its work in ``compute``; the objects passed between them are
 plain Python objects (lists of :class:`~medicraft_monai.deploy.inputs.InputFrame`, dictionaries). The work itself
-lives in :mod:`.inputs`, :mod:`.classifier` and :mod:`.synthesis`, which do not need the App SDK.
+lives in :mod:`.inputs`, :mod:`.classifier`, :mod:`.synthesis` and :mod:`.qa_gate`, which do not need the App SDK.
 
 ``classify``:  OCTImageLoaderOperator --frames--> OCTClassifierOperator --predictions--> PredictionWriterOperator
 ``synthesize``: SynthesisRequestOperator --request--> DiffusionSynthesisOperator --result--> SynthesisReportOperator
+``qa``:        OCTImageLoaderOperator --frames--> ImageQAOperator --qa--> QATableWriterOperator
 """
 
 from __future__ import annotations
@@ -20,15 +21,19 @@ from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 from medicraft_monai.utils import write_csv_atomic, write_json_atomic
 
+from . import resolve_device
 from .classifier import TorchScriptClassifier, classify_frames, csv_rows, prediction_fields
 from .inputs import read_input_frames
+from .qa_gate import QASettings, assess_frames
 from .synthesis import SynthesisRequest, resolve_bundle, synthesize
 
 __all__ = [
     "DiffusionSynthesisOperator",
+    "ImageQAOperator",
     "OCTClassifierOperator",
     "OCTImageLoaderOperator",
     "PredictionWriterOperator",
+    "QATableWriterOperator",
     "SynthesisReportOperator",
     "SynthesisRequestOperator",
 ]
@@ -48,17 +53,26 @@ class OCTImageLoaderOperator(Operator):
     Args:
         fragment: the application.
         input_path: a file or a folder (searched recursively, hidden files skipped).
+        exclude_suffixes: files whose name ends with one of these are not read (e.g. a synthesis job's manifest).
     """
 
-    def __init__(self, fragment: Fragment, *args: Any, input_path: str | PathLike, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        fragment: Fragment,
+        *args: Any,
+        input_path: str | PathLike,
+        exclude_suffixes: tuple[str, ...] = (),
+        **kwargs: Any,
+    ) -> None:
         self.input_path = Path(input_path)
+        self.exclude_suffixes = tuple(exclude_suffixes)
         super().__init__(fragment, *args, **kwargs)
 
     def setup(self, spec: OperatorSpec) -> None:
         spec.output("frames")
 
     def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
-        frames = read_input_frames(self.input_path)
+        frames = read_input_frames(self.input_path, self.exclude_suffixes)
         bad = sum(1 for f in frames if not f.ok)
         logger.info("read %d B-scan(s) from %s; %d file(s) unreadable", len(frames) - bad, self.input_path, bad)
         op_output.emit(frames, "frames")
@@ -210,15 +224,10 @@ class DiffusionSynthesisOperator(Operator):
         spec.output("result")
 
     def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
-        import os
-
-        import torch
-
         from medicraft_monai.synthesis.generator import DiffusionGenerator
 
         request = op_input.receive("request")
-        device = self.device or os.environ.get("MEDICRAFT_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
-        generator = DiffusionGenerator.from_bundle(resolve_bundle(self.bundle_path), device=device)
+        generator = DiffusionGenerator.from_bundle(resolve_bundle(self.bundle_path), device=resolve_device(self.device))
         result = synthesize(generator, request, self.output_folder, progress=self.progress)
         op_output.emit(result, "result")
 
@@ -235,5 +244,106 @@ class SynthesisReportOperator(Operator):
         print(
             f"synthesize: {result['total']} synthetic image(s) ({counts}); {result['generated']} new, "
             f"{result['skipped']} already there; manifest {result['manifest']}",
+            flush=True,
+        )
+
+
+class ImageQAOperator(Operator):
+    """Assess every B-scan with :class:`~medicraft_monai.evaluation.per_image.ImageQA` (anatomy, classifier
+    agreement, memorisation), the bundles loaded once.
+
+    Input ``frames``; output ``qa``: ``{"rows": [...], "settings": {...}}`` (see
+    :func:`~medicraft_monai.deploy.qa_gate.assess_frames`).
+
+    Args:
+        fragment: the application.
+        settings: the checks and their bundles (:meth:`~medicraft_monai.deploy.qa_gate.QASettings.from_environ`).
+        device: where to run (default: ``$MEDICRAFT_DEVICE``, else CUDA when available, else CPU).
+        progress: show progress bars.
+    """
+
+    def __init__(
+        self,
+        fragment: Fragment,
+        *args: Any,
+        settings: QASettings,
+        device: str | None = None,
+        progress: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        self.settings = settings
+        self.device = device
+        self.progress = progress
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        spec.input("frames")
+        spec.output("qa")
+
+    def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
+        frames = op_input.receive("frames")
+        qa = self.settings.build(device=self.device, progress=self.progress)
+        rows = assess_frames(qa, frames, progress=self.progress)
+        op_output.emit(
+            {"rows": rows, "settings": {**self.settings.describe(), **qa.settings()}, "real": qa.real_reference()}, "qa"
+        )
+
+
+class QATableWriterOperator(Operator):
+    """Write the QA table and the gate's verdict: ``qa.csv``, ``qa.json`` (settings, summary, rows) and
+    ``qa_summary.json`` (see :func:`~medicraft_monai.evaluation.per_image.write_qa_table`). Input ``qa``.
+
+    The summary is kept as :attr:`summary` for the application's exit status.
+
+    Args:
+        fragment: the application.
+        output_folder: where to write (created).
+        input_path: recorded in the settings.
+        min_pass_fraction: the share of images that must pass (times the real images' pass fraction when known).
+        max_memorised_fraction: the largest share of images flagged as memorised that still passes.
+    """
+
+    def __init__(
+        self,
+        fragment: Fragment,
+        *args: Any,
+        output_folder: str | PathLike,
+        input_path: str = "",
+        min_pass_fraction: float = 0.8,
+        max_memorised_fraction: float = 0.05,
+        **kwargs: Any,
+    ) -> None:
+        self.output_folder = Path(output_folder)
+        self.input_path = str(input_path)
+        self.min_pass_fraction = float(min_pass_fraction)
+        self.max_memorised_fraction = float(max_memorised_fraction)
+        self.summary: dict[str, Any] | None = None
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        spec.input("qa")
+
+    def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
+        from medicraft_monai.evaluation.per_image import write_qa_table
+
+        result = op_input.receive("qa")
+        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        settings = {**result["settings"], "input": self.input_path, "created": created}
+        written = write_qa_table(
+            result["rows"],
+            self.output_folder,
+            settings,
+            self.min_pass_fraction,
+            result.get("real"),
+            self.max_memorised_fraction,
+        )
+        self.summary = summary = written["summary"]
+        for row in result["rows"]:
+            if row.get("error"):
+                logger.warning("not assessed: %s", row["error"])
+        print(
+            f"qa: {summary['n_passed']} of {summary['n']} image(s) passed, {summary['n_errors']} unreadable, "
+            f"{summary['n_memorised']} memorised; verdict: {summary['verdict']}; wrote "
+            f"{self.output_folder / 'qa_summary.json'}, qa.json and qa.csv",
             flush=True,
         )
