@@ -5,7 +5,7 @@ OUT ?= demo_output
 DATA ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup label-setup deploy-setup demo test test-numerics lint format benchmark clean
+.PHONY: setup label-setup deploy-setup browser-setup demo test test-numerics lint format benchmark clean
 
 $(VENV)/.installed: pyproject.toml scripts/setup_env.sh scripts/venv_torch.sh
 	bash scripts/setup_env.sh $(VENV)
@@ -23,6 +23,10 @@ label-setup:
 deploy-setup:
 	bash scripts/setup_deploy_env.sh $(DEPLOY_VENV)
 
+# the real browser (Debian's Chromium) that tests/test_review_page.py drives with Playwright
+browser-setup:
+	bash scripts/setup_browser.sh
+
 demo: setup
 	$(VENV)/bin/medicraft demo --output_dir $(OUT) $(if $(DATA),--data $(DATA),)
 
@@ -34,7 +38,7 @@ format: setup
 	$(PY) -m ruff check --fix medicraft_monai tests benchmarks
 	$(PY) -m ruff format medicraft_monai tests benchmarks
 
-test: lint test-numerics label-setup deploy-setup
+test: lint test-numerics label-setup deploy-setup browser-setup
 	$(PY) -m pytest -n auto --dist loadfile $(PYTEST_ARGS)
 
 # the numerics tests once per CPU kernel family (PyTorch's ATEN_CPU_CAPABILITY, oneDNN's ONEDNN_MAX_CPU_ISA)

@@ -597,7 +597,8 @@ class ReviewCommands:
     """Expert reviews of synthetic images made in MONAI Label (see docs/label.md)."""
 
     def export(self, studies: str, output_dir: str, rule: str = "unanimous", anatomy: bool = True) -> None:
-        """Turn the verdicts into a datalist of accepted images and a report (acceptance per class and anomaly).
+        """Turn the verdicts into a datalist of accepted images and a report (acceptance per class and anomaly, and
+        the readers' accuracy in the blinded reading, real or synthetic, with its 95% confidence interval).
 
         Args:
             studies: the MONAI Label studies folder the reviews were made in.
@@ -612,6 +613,13 @@ class ReviewCommands:
             print(f"{key}: {result[key]}")
         if result["refused"]:
             print(f"refused: {len(result['refused'])} image(s), not exported (see {result['report_json']})")
+        turing = result["turing"]
+        if turing["trials"]:
+            low, high = turing["ci95"]
+            print(
+                f"blinded reading: {turing['correct']}/{turing['trials']} right ({100 * turing['accuracy']:.1f}%, "
+                f"95% CI {100 * low:.1f}-{100 * high:.1f}%; ~50% = indistinguishable)"
+            )
 
 
 def _bundle_folder(bundle: str) -> Path:

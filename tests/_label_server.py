@@ -82,6 +82,11 @@ def make_weights(bundle: Path, overrides: Mapping[str, Any], path: Path, seed: i
     return path
 
 
+def compact_json(obj: Mapping[str, Any]) -> str:
+    """``obj`` as JSON without spaces (the monailabel launcher splits ``--conf`` values at spaces)."""
+    return json.dumps(obj, separators=(",", ":"))
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

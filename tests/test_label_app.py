@@ -14,6 +14,7 @@ import ast
 import json
 import os
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from _label_server import (
     TINY_CLASSIFIER,
     TINY_GENERATOR,
     LabelServer,
+    compact_json,
     copy_real_images,
     make_weights,
 )
@@ -46,10 +48,6 @@ from medicraft_monai.label.review import validate_verdict
 from medicraft_monai.utils import file_sha256
 
 PROVENANCE_KEYS = {"bundle", "model_sha256", "class_name", "seed", "steps", "guidance_scale", "created", "sampler"}
-
-
-def _compact(obj: dict) -> str:
-    return json.dumps(obj, separators=(",", ":"))  # the monailabel launcher splits arguments at spaces
 
 
 @pytest.fixture(scope="module")
@@ -77,10 +75,10 @@ def setup(tmp_path_factory, real_bscan_paths: list[Path]) -> dict:
     conf = {
         "generator_bundle": str(GENERATOR_BUNDLE),
         "generator_ckpt": str(gen_ckpt),
-        "generator_overrides": _compact(TINY_GENERATOR),
+        "generator_overrides": compact_json(TINY_GENERATOR),
         "classifier_bundle": str(CLASSIFIER_BUNDLE),
         "classifier_ckpt": str(cls_ckpt),
-        "classifier_overrides": _compact(TINY_CLASSIFIER),
+        "classifier_overrides": compact_json(TINY_CLASSIFIER),
         "real_datalist": str(real_datalist),
         "max_count": "8",
     }
@@ -215,6 +213,71 @@ def test_classify_real_and_synthetic_images(server: LabelServer, setup: dict):
         assert res["prediction"] in CLASSES and set(res["probabilities"]) == set(CLASSES)
         assert abs(sum(res["probabilities"].values()) - 1.0) < 1e-4
         assert res["prediction"] == max(res["probabilities"], key=res["probabilities"].get)
+
+
+def wait_for_checks(server: LabelServer, image_ids: list[str], timeout: float = 300) -> dict[str, dict]:
+    """The images' infos once the ``qa`` scoring method has stored its checks in all of them."""
+    deadline = time.time() + timeout
+    while True:
+        infos = {i: image_info(server, i) for i in image_ids}
+        if all(info.get("qa") for info in infos.values()):
+            return infos
+        if time.time() > deadline:
+            pytest.fail(f"no automated checks after {timeout} s: {infos}\n{server.tail()}")
+        time.sleep(1)
+
+
+def test_new_synthetic_images_get_the_automated_checks(server: LabelServer, setup: dict):
+    made = synthesize(server, **{"class": "DME", "count": 2, "seed": 500})
+    infos = wait_for_checks(server, made["images"])
+    for info in infos.values():
+        qa = info["qa"]
+        assert qa["error"] is None and qa["scored"] and isinstance(qa["anatomy"]["passed"], bool)
+        c = qa["classifier"]
+        assert c["predicted"] in CLASSES and 0 <= c["intended_probability"] <= c["confidence"] <= 1
+        assert c["agrees"] == (c["predicted"] == "DME" and c["intended_probability"] >= 0.5)
+        assert 0 <= c["uncertainty"] <= 1
+        near = qa["nearest_real"]  # against real_datalist's training split, threshold from its validation split
+        assert near["distance"] > 0 and near["threshold"] > 0
+        assert near["memorised"] == (near["distance"] < near["threshold"])
+        assert qa["passed"] == (not qa["reasons"])
+        assert qa["passed"] == (qa["anatomy"]["passed"] and c["agrees"] and not near["memorised"])
+    assert "qa" in server.get("/info/").json()["scoring"]
+    # the checks can be run again on demand (in the server process), and only on synthetic images
+    target = made["images"][0]
+    r = server.post("/scoring/qa", params={"run_sync": "true"}, json={"images": [target, setup["real_ids"][0]]})
+    assert r.status_code == 200, r.text
+    assert r.json()["scored"] == [target]
+    again = image_info(server, target)["qa"]
+    assert {k: v for k, v in again.items() if k != "scored"} == {k: v for k, v in infos[target]["qa"].items()
+                                                               if k != "scored"}  # fmt: skip
+    missing = server.post("/scoring/qa", params={"run_sync": "true"}, json={"images": ["no_such_image"]})
+    assert missing.status_code == 404 and "no_such_image" in missing.text
+    forged = server.put(
+        "/datastore/image/info", params={"image": target}, files={"info": (None, json.dumps({"qa": {"passed": True}}))}
+    )
+    assert forged.status_code == 422 and "may not set" in forged.text
+    assert image_info(server, target)["qa"] == again
+
+
+def test_review_strategy_serves_the_least_certain_image_first(server: LabelServer):
+    synthesize(server, **{"class": "CNV", "count": 3, "seed": 700})
+    r = server.post("/scoring/qa", params={"run_sync": "true"}, json={})  # everything not scored yet
+    assert r.status_code == 200, r.text
+    store = server.get("/datastore/", params={"output": "all"}).json()["objects"]
+    waiting = {
+        i: o["image"]["info"]["qa"]["classifier"]["uncertainty"]
+        for i, o in store.items()
+        if o["image"]["info"].get("synthetic") and not o["image"]["info"].get("reviews")
+    }
+    assert len(waiting) >= 3
+    most = max(waiting.values())
+    served = server.next_sample("review", {"order": "uncertain", "client_id": "Dr Order", "lease_s": 0}).json()
+    assert waiting[served["id"]] == most
+    oldest = server.next_sample("review", {"client_id": "Dr Order", "lease_s": 0}).json()
+    assert oldest["id"] in waiting
+    bad = server.next_sample("review", {"order": "random"})
+    assert bad.status_code == 422 and "order" in bad.text
 
 
 def test_bad_requests_get_clear_4xx(server: LabelServer, setup: dict):

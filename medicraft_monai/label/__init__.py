@@ -1,12 +1,15 @@
 """MONAI Label app of medicraft_monai: synthesize on demand, classify, expert review and the feedback loop.
 
 The app folder is this package's folder (:func:`app_dir`): ``main.py`` holds the ``MONAILabelApp`` subclass and
-``lib/`` its tasks; both import MONAI Label and run only in its own environment (``.venv-label``, made by
-``scripts/setup_label_env.sh``). What the main environment uses needs no MONAI Label:
+``lib/`` its tasks and the review page's routes (the page's static files are in ``page/``); both import MONAI Label
+and run only in its own environment (``.venv-label``, made by ``scripts/setup_label_env.sh``). What the main
+environment uses needs no MONAI Label:
 
-- :mod:`~medicraft_monai.label.review`: the anomaly vocabulary and verdict validation;
+- :mod:`~medicraft_monai.label.review`: the anomaly vocabulary, verdict validation and how an image is shown;
 - :mod:`~medicraft_monai.label.export`: :func:`export_reviews` (accepted datalist + report) and
   :func:`filter_accepted` (keep only accepted synthetic images);
+- :mod:`~medicraft_monai.label.turing`: the review page's blinded reading (real or synthetic?): trials with opaque
+  tokens, the answers file and the readers' accuracy with its confidence interval;
 - :mod:`~medicraft_monai.label.finetune`: the fine-tuning datalist and the generator bundle's fine-tuning command
   (``configs/finetune.json`` with the weights in use as the parent).
 """

@@ -6,7 +6,8 @@ in the main environment, with or without a server (``medicraft review export STU
 - :func:`export_reviews` writes ``accepted_datalist.json`` (the accepted synthetic images as a datalist in the
   project's format, ``synthetic: true`` with their provenance), ``review_report.json`` and ``review_report.md``
   (acceptance rate per class, per anomaly tag and per reviewer, and how the verdicts compare with the automated
-  anatomy checks of :mod:`medicraft_monai.metrics.anatomy` on the same images);
+  anatomy checks of :mod:`medicraft_monai.metrics.anatomy` on the same images, and the readers' accuracy in the
+  blinded reading of :mod:`medicraft_monai.label.turing`);
 - :func:`filter_accepted` keeps only accepted synthetic images in a datalist or a ``multiply`` manifest (real images
   always stay), matching images by the SHA-256 of their bytes (or their file name).
 """
@@ -25,6 +26,7 @@ from medicraft_monai.data.datalist import SHA256_KEY, SPLITS, load_datalist, wri
 from medicraft_monai.data.errors import OCTDataError, UnknownLabelError
 from medicraft_monai.data.keys import OCTKeys
 from medicraft_monai.label.review import ANOMALY_TAGS, DECISION_RULES, decide, image_id_problem
+from medicraft_monai.label.turing import load_turing_answers, turing_markdown, turing_summary
 from medicraft_monai.synthesis.job import synthetic_datalist, synthetic_datalist_item
 from medicraft_monai.utils import file_sha256, write_json_atomic, write_text_atomic
 
@@ -40,6 +42,7 @@ __all__ = [
     "export_reviews",
     "filter_accepted",
     "load_reviews",
+    "review_summary",
 ]
 
 DATASTORE_FILE = "datastore_v2.json"
@@ -229,7 +232,10 @@ def _anatomy(reviewed: Sequence[Mapping[str, Any]], checker: Any) -> dict[str, A
     }
 
 
-def _summary(images: Mapping[str, Mapping[str, Any]], rule: str) -> dict[str, Any]:
+def review_summary(images: Mapping[str, Mapping[str, Any]], rule: str = "unanimous") -> dict[str, Any]:
+    """Review figures of images shaped like :class:`ReviewedImage` (``synthetic``, ``class_name``, ``reviews``,
+    ``decision``): counts and acceptance rate overall, per class, per anomaly tag and per reviewer, inter-reviewer
+    agreement and real controls (the report's ``summary``; the review page's progress panel)."""
     synthetic = [im for im in images.values() if im["synthetic"]]
     reviewed = [im for im in synthetic if im["decision"] is not None]
     accepted = [im for im in reviewed if im["decision"] == "accept"]
@@ -351,6 +357,8 @@ def _markdown(report: Mapping[str, Any]) -> str:
                 f"| {k} | {c.get('applicable', 0)} | {c.get('check_failed', 0)} | {c.get('expert_tagged', 0)} | "
                 f"{c.get('both', 0)} | {_fmt(c['agreement'])} |"
             )
+    if "turing" in report:
+        lines += ["", *turing_markdown(report["turing"])]
     return "\n".join(lines) + "\n"
 
 
@@ -374,7 +382,8 @@ def export_reviews(
         anatomy_checker: the checker (default ``medicraft_monai.metrics.anatomy.AnatomyChecker()``).
 
     Returns:
-        ``{"datalist", "report_json", "report_md"}`` (paths) and ``"summary"`` (the report's figures).
+        ``{"datalist", "report_json", "report_md"}`` (paths), ``"summary"`` (the report's figures), ``"refused"``
+        and ``"turing"`` (the blinded reading's accuracy, :func:`~medicraft_monai.label.turing.turing_summary`).
     """
     every = load_reviews(studies, rule)
     refused = [im for im in every.values() if im["refused"]]
@@ -384,7 +393,7 @@ def export_reviews(
     items, names = accepted_items(images, class_names)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summary = _summary(images, rule)
+    summary = review_summary(images, rule)
     datalist = synthetic_datalist(
         items,
         "expert-accepted-synthetic",
@@ -406,6 +415,7 @@ def export_reviews(
             anat = _anatomy(reviewed, anatomy_checker or AnatomyChecker())
     report = {
         "studies": str(Path(studies).resolve()),
+        "turing": turing_summary(load_turing_answers(studies)),
         "datalist": str(dl_path),
         "summary": summary,
         "refused": [{"image": im["id"], "path": im["path"], "reason": im["refused"]} for im in refused],
@@ -433,6 +443,7 @@ def export_reviews(
         "report_md": str(md_path),
         "summary": summary,
         "refused": report["refused"],
+        "turing": report["turing"],
     }
 
 

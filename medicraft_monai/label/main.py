@@ -10,9 +10,24 @@ Start it in the MONAI Label environment (``bash scripts/setup_label_env.sh`` cre
 ``generator_overrides`` and ``classifier_overrides`` (JSON objects of bundle config overrides, e.g.
 ``{"num_inference_steps": 20}``; the generator's also apply to fine-tuning), ``device`` (default ``cpu``), ``max_count`` (images per synthesize request, default 16), ``lease_s`` (seconds an
 image stays with the reviewer it was served to, default 300), ``auto_reload`` (watch the studies folder for
-files added by hand, default false), ``num_inference_steps`` (default sampling steps).
+files added by hand, default false), ``num_inference_steps`` (default sampling steps), ``turing_datalist`` (a project
+datalist whose ``test`` split, else ``validation`` split, holds the real held-out B-scans of the review page's
+blinded reading; without it the page has no blinded reading).
 
-Tasks: infer ``synthesize`` and ``classify``, strategy ``review``, train ``finetune``; see ``docs/label.md``.
+The review page for the medical team is served by the same server at ``/review/`` (:mod:`.lib.page`).
+
+Automated checks of every new synthetic image (scoring method ``qa``, see ``docs/label.md``): ``qa`` (score new
+images as they are made, default true), ``eval_bundle`` (the evaluation bundle whose fixed feature extractor
+measures the distance to the nearest real training image, default the shipped ``oct_synthesis_eval``; the real
+training images are ``real_datalist``'s training split, the memorisation threshold comes from its validation or
+test split; without ``real_datalist`` that check is skipped), ``eval_ckpt``, ``anatomy_profile`` (``spectralis``,
+``phantom`` or ``none``; default ``spectralis``), ``qa_crop_height`` (rows kept around the retina of the real images
+before comparison, default 256, as the generators' training does; 0: no crop), ``qa_min_confidence`` (the
+classifier's lowest probability of the intended class that counts as agreement, default 0.5), ``review_order``
+(``oldest`` or ``uncertain``: the images the classifier is least sure about first; default ``oldest``).
+
+Tasks: infer ``synthesize`` and ``classify``, strategy ``review``, train ``finetune``, scoring ``qa``; see
+``docs/label.md``.
 """
 
 from __future__ import annotations
@@ -28,11 +43,16 @@ from fastapi import HTTPException
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.utils.others.generic import strtobool
 
+from medicraft_monai.bundles import bundle_path
+from medicraft_monai.evaluation.per_image import ImageQA
 from medicraft_monai.label.lib.datastore import ReviewDatastore, check_image_id
 from medicraft_monai.label.lib.infers import ClassifyTask, SynthesizeTask
+from medicraft_monai.label.lib.page import mount_review_page
+from medicraft_monai.label.lib.scoring import ScoreSynthetic
 from medicraft_monai.label.lib.strategy import NextUnreviewed
 from medicraft_monai.label.lib.trainer import FinetuneGenerator
 from medicraft_monai.label.review import ANOMALY_TAGS
+from medicraft_monai.label.turing import TuringAnswers, TuringDeck, held_out_items
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +73,21 @@ class MedicraftLabelApp(MONAILabelApp):
             description="Synthetic OCT B-scans on demand, expert review and generator fine-tuning",
             version="0.1.0",
         )
+        self.turing = self._turing_deck()
+
+    def _turing_deck(self) -> TuringDeck | None:
+        """The review page's blinded reading (``--conf turing_datalist``), or None."""
+        path = self.conf.get("turing_datalist")
+        if not path:
+            return None
+        gen = self.synthesizer.generator
+        items = held_out_items(path, gen.class_names)
+        return TuringDeck(items, TuringAnswers(self.studies), gen.image_shape[-2:])
+
+    def on_init_complete(self) -> None:
+        super().on_init_complete()
+        if not mount_review_page(self):
+            logger.warning("the review page is not served: the server is not monailabel.app:app")
 
     # ----------------------------------------------------------------------------------------------- components
     def init_datastore(self) -> ReviewDatastore:
@@ -72,6 +107,11 @@ class MedicraftLabelApp(MONAILabelApp):
         overrides = self._json_conf("generator_overrides")
         if self.conf.get("num_inference_steps"):
             overrides["num_inference_steps"] = int(self.conf["num_inference_steps"])
+        cls_overrides = self._json_conf("classifier_overrides")
+        if self.conf.get("classifier_datalist"):
+            cls_overrides["datalist"] = str(Path(self.conf["classifier_datalist"]).resolve())
+        self.scorer = ScoreSynthetic(lambda: self._image_qa(cls_overrides))
+        auto_score = strtobool(self.conf.get("qa", "true"))
         self.synthesizer = SynthesizeTask(
             self.conf["generator_bundle"],
             datastore=self.datastore(),
@@ -79,12 +119,10 @@ class MedicraftLabelApp(MONAILabelApp):
             device=self.device,
             max_count=int(self.conf.get("max_count", 16)),
             overrides=overrides,
+            on_registered=(lambda ids: self.scorer.submit(self.datastore(), ids)) if auto_score else None,
         )
         infers: dict[str, Any] = {"synthesize": self.synthesizer}
         if self.conf.get("classifier_bundle"):
-            cls_overrides = self._json_conf("classifier_overrides")
-            if self.conf.get("classifier_datalist"):
-                cls_overrides["datalist"] = str(Path(self.conf["classifier_datalist"]).resolve())
             infers["classify"] = ClassifyTask(
                 self.conf["classifier_bundle"],
                 ckpt_path=self.conf.get("classifier_ckpt"),
@@ -93,8 +131,34 @@ class MedicraftLabelApp(MONAILabelApp):
             )
         return infers
 
+    def _image_qa(self, cls_overrides: dict[str, Any]) -> ImageQA:
+        """The automated checks of the ``qa`` scoring method, from the ``--conf`` keys (built on first use)."""
+        real = self.conf.get("real_datalist") or None
+        profile = self.conf.get("anatomy_profile", "spectralis")
+        crop = int(self.conf.get("qa_crop_height", 256))
+        return ImageQA.from_bundles(
+            self.conf.get("classifier_bundle") or None,
+            (self.conf.get("eval_bundle") or str(bundle_path("oct_synthesis_eval"))) if real else None,
+            real,
+            classifier_ckpt=self.conf.get("classifier_ckpt"),
+            classifier_overrides=cls_overrides,
+            eval_ckpt=self.conf.get("eval_ckpt"),
+            anatomy_profile=None if profile in ("", "none") else profile,
+            image_size=self.synthesizer.generator.image_shape[1:],
+            crop_height=crop or None,
+            min_confidence=float(self.conf.get("qa_min_confidence", 0.5)),
+            device=self.device,
+            progress=False,
+        )
+
     def init_strategies(self) -> dict[str, Any]:
-        return {"review": NextUnreviewed(self.synthesizer.generator.class_names, float(self.conf.get("lease_s", 300)))}
+        return {
+            "review": NextUnreviewed(
+                self.synthesizer.generator.class_names,
+                float(self.conf.get("lease_s", 300)),
+                order=self.conf.get("review_order", "oldest"),
+            )
+        }
 
     def init_trainers(self) -> dict[str, Any]:
         return {
@@ -109,7 +173,7 @@ class MedicraftLabelApp(MONAILabelApp):
         }
 
     def init_scoring_methods(self) -> dict[str, Any]:
-        return {}
+        return {"qa": self.scorer}
 
     def info(self) -> dict[str, Any]:
         meta = super().info()

@@ -17,6 +17,7 @@ This module has no MONAI Label dependency: the server, ``medicraft review export
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -31,6 +32,7 @@ __all__ = [
     "REVIEW_TAG",
     "VERDICTS",
     "ReviewError",
+    "bscan_png",
     "decide",
     "image_id_problem",
     "merge_review",
@@ -195,3 +197,29 @@ def image_id_problem(image_id: Any, root: str | os.PathLike) -> str | None:
     if bad or (base / image_id).resolve().parent != base:
         return "is not a plain file name inside the studies folder (no '/', '..' or leading '.')"
     return None
+
+
+def bscan_png(path: str | os.PathLike, size: Sequence[int] | None = None) -> bytes:
+    """A B-scan file of any supported format as the review page shows it: an 8-bit grayscale PNG without metadata.
+
+    No text chunk, file name or provenance is carried over (a blinded reader learns nothing but the pixels), so
+    real and synthetic images of the same ``size`` are served alike.
+
+    Args:
+        path: the image file (PNG, JPEG, TIFF, NIfTI, DICOM: see :func:`medicraft_monai.data.io.read_bscan`).
+        size: ``(height, width)`` to resize to (bilinear), or None to keep the image's own size.
+    """
+    from PIL import Image
+
+    from medicraft_monai.data.io import read_bscan
+    from medicraft_monai.visualize import to_uint8
+
+    array, _ = read_bscan(path)
+    image = Image.fromarray(to_uint8(array), mode="L")
+    if size is not None:
+        height, width = (int(v) for v in size)
+        if image.size != (width, height):
+            image = image.resize((width, height), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()

@@ -8,7 +8,9 @@
   JSON as the label file); they are validated (:func:`medicraft_monai.label.review.validate_verdict`, HTTP 422 for
   a bad one), merged with the image's earlier verdicts and stored twice: as the label file
   ``labels/review/<id>.json`` and in the image's info (``reviews``, ``review_status``).
-- Image info cannot be used to forge reviews (``PUT /datastore/image/info`` with ``reviews`` answers 422).
+- A reviewer can withdraw their own verdict (:meth:`ReviewDatastore.withdraw_review`, the review page's undo).
+- Image info cannot be used to forge reviews or automated checks (``PUT /datastore/image/info`` with ``reviews`` or
+  ``qa`` answers 422).
 - All writes hold one lock, so concurrent requests never lose each other's updates of ``datastore_v2.json``.
 """
 
@@ -40,8 +42,11 @@ logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS: tuple[str, ...] = ("*.png", "*.jpg", "*.jpeg", "*.tif", "*.tiff", "*.nii.gz", "*.nii", "*.dcm")
 """Files in the studies folder that are images (MONAI Label's default list has no ``*.jpeg``)."""
 
-PROTECTED_INFO = ("reviews", "review_status")
-"""Image-info keys only the review path may write."""
+QA_INFO_KEY = "qa"
+"""The image-info key that holds an image's automated checks (written by the ``qa`` scoring method only)."""
+
+PROTECTED_INFO = ("reviews", "review_status", QA_INFO_KEY)
+"""Image-info keys only the review path and the scoring method may write."""
 
 
 def check_image_id(image_id: Any, root: str | os.PathLike) -> str:
@@ -98,7 +103,8 @@ class ReviewDatastore(LocalDatastore):
         if forged:
             raise HTTPException(
                 status_code=422,
-                detail=f"image info may not set {forged}; submit verdicts as labels with tag {REVIEW_TAG!r}",
+                detail=f"image info may not set {forged}; submit verdicts as labels with tag {REVIEW_TAG!r} "
+                f"(automated checks come from the {QA_INFO_KEY!r} scoring method)",
             )
         if info.get("synthetic"):
             info.setdefault("review_status", "unreviewed")
@@ -112,10 +118,18 @@ class ReviewDatastore(LocalDatastore):
         if forged:
             raise HTTPException(
                 status_code=422,
-                detail=f"image info may not set {forged}; submit verdicts as labels with tag {REVIEW_TAG!r}",
+                detail=f"image info may not set {forged}; submit verdicts as labels with tag {REVIEW_TAG!r} "
+                f"(automated checks come from the {QA_INFO_KEY!r} scoring method)",
             )
         with self._write_lock:
             super().update_image_info(image_id, info)
+
+    def save_checks(self, image_id: str, record: dict[str, Any]) -> None:
+        """Store an image's automated checks (the ``qa`` scoring method's record) in its info."""
+        self._known(image_id)
+        with self._write_lock:
+            self._datastore.objects[image_id].image.info[QA_INFO_KEY] = dict(record)
+            self._update_datastore_file()
 
     def update_label_info(self, label_id: str, label_tag: str, info: dict[str, Any]) -> None:
         self._known(label_id)
@@ -165,23 +179,69 @@ class ReviewDatastore(LocalDatastore):
             raise HTTPException(status_code=err.status, detail=err.reason) from None
         with self._write_lock:
             info = self._datastore.objects[image_id].image.info
-            reviews = merge_review(info.get("reviews"), review)
-            decision = decide(reviews)
-            record = {"image": image_id, "reviews": reviews, "decision": decision}
-            fd, tmp = tempfile.mkstemp(suffix=".json", prefix="review_")
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as f:
-                    json.dump(record, f, indent=2)
-                super().save_label(
-                    image_id,
-                    tmp,
-                    REVIEW_TAG,
-                    {"reviews": reviews, "decision": decision, "reviewer": review["reviewer"]},
-                )
-            finally:
-                os.unlink(tmp)
-            info["reviews"] = reviews
-            info["review_status"] = "accepted" if decision == "accept" else "rejected"
-            self._update_datastore_file()
+            self._store_reviews(image_id, merge_review(info.get("reviews"), review), review["reviewer"])
         logger.info("review of %s by %s: %s %s", image_id, review["reviewer"], review["verdict"], review["anomalies"])
         return image_id
+
+    def withdraw_review(self, image_id: str, reviewer: Any) -> dict[str, Any]:
+        """Withdraw ``reviewer``'s own verdict on an image (the review page's undo); other reviewers' stay.
+
+        ``labels/review/<id>.json`` and the image's info are rewritten with the remaining verdicts; when none
+        remains the label file is removed and the image is ``unreviewed`` again (served by the ``review`` strategy).
+
+        Returns:
+            ``{"image", "withdrawn" (the verdict taken back), "review_status", "reviews" (those left)}``.
+
+        Raises:
+            HTTPException: 422 for an empty reviewer name, 404 for an unknown image or when ``reviewer`` has no
+                verdict on it.
+        """
+        self._known(image_id)
+        name = " ".join(reviewer.split()) if isinstance(reviewer, str) else ""
+        if not name:
+            raise HTTPException(
+                status_code=422, detail="the reviewer's name is missing ('reviewer': a non-empty string)"
+            )
+        with self._write_lock:
+            obj = self._datastore.objects[image_id]
+            reviews = list(obj.image.info.get("reviews") or [])
+            mine = [r for r in reviews if r.get("reviewer") == name]
+            if not mine:
+                raise HTTPException(
+                    status_code=404, detail=f"{name!r} has no verdict on image {image_id!r} to withdraw"
+                )
+            kept = [r for r in reviews if r.get("reviewer") != name]
+            if kept:
+                self._store_reviews(image_id, kept, kept[-1]["reviewer"])
+            else:
+                label = self._datastore.label(image_id, REVIEW_TAG)
+                if label:
+                    Path(self.get_label_uri(image_id, REVIEW_TAG)).unlink(missing_ok=True)
+                obj.labels.pop(REVIEW_TAG, None)
+                obj.image.info.pop("reviews", None)
+                if obj.image.info.get("synthetic"):
+                    obj.image.info["review_status"] = "unreviewed"
+                else:
+                    obj.image.info.pop("review_status", None)
+                self._update_datastore_file()
+            status = obj.image.info.get("review_status")
+        logger.info("review of %s by %s withdrawn (%s)", image_id, name, mine[-1]["verdict"])
+        return {"image": image_id, "withdrawn": mine[-1], "review_status": status, "reviews": kept}
+
+    def _store_reviews(self, image_id: str, reviews: list[dict[str, Any]], reviewer: str) -> None:
+        """Write an image's verdicts as ``labels/review/<id>.json`` and into its info (hold the write lock)."""
+        info = self._datastore.objects[image_id].image.info
+        decision = decide(reviews)
+        record = {"image": image_id, "reviews": reviews, "decision": decision}
+        fd, tmp = tempfile.mkstemp(suffix=".json", prefix="review_")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(record, f, indent=2)
+            super().save_label(
+                image_id, tmp, REVIEW_TAG, {"reviews": reviews, "decision": decision, "reviewer": reviewer}
+            )
+        finally:
+            os.unlink(tmp)
+        info["reviews"] = reviews
+        info["review_status"] = "accepted" if decision == "accept" else "rejected"
+        self._update_datastore_file()

@@ -109,6 +109,8 @@ class SynthesizeTask(BasicInferTask):
         max_count: most images per request.
         max_steps: most sampling steps per request.
         overrides: generator config overrides (e.g. ``{"num_inference_steps": 10}``).
+        on_registered: called with the ids of the images each request added to the datastore (the app scores
+            them: :class:`~medicraft_monai.label.lib.scoring.ScoreSynthetic`).
     """
 
     def __init__(
@@ -120,6 +122,7 @@ class SynthesizeTask(BasicInferTask):
         max_count: int = 16,
         max_steps: int = 1000,
         overrides: Mapping[str, Any] | None = None,
+        on_registered: Callable[[list[str]], None] | None = None,
     ) -> None:
         self.bundle_root = Path(bundle_root).resolve()
         self.datastore = datastore
@@ -128,6 +131,7 @@ class SynthesizeTask(BasicInferTask):
         self.max_count = int(max_count)
         self.max_steps = int(max_steps)
         self.overrides = dict(overrides or {})
+        self.on_registered = on_registered
         self._lock = threading.Lock()
         self._loaded_ckpt: Path | None = None
         self.generator = self._load(self._wanted_ckpt())
@@ -245,7 +249,7 @@ class SynthesizeTask(BasicInferTask):
     def writer(self, data: Mapping[str, Any], extension: str | None = None, dtype: Any = None) -> tuple[str, dict]:
         """Register the written images as unreviewed images of the datastore; answer the first one's PNG."""
         folder = Path(data["folder"])
-        ids, records, result_file = [], [], None
+        ids, added, records, result_file = [], [], [], None
         try:
             for rec, prov in zip(data["records"], data["provenance"]):
                 path = folder / rec["path"]
@@ -263,6 +267,7 @@ class SynthesizeTask(BasicInferTask):
                     logger.info("%s exists already (same model, class, seed and settings): kept", image_id)
                 else:
                     self.datastore.add_image(image_id, str(path), info)
+                    added.append(image_id)
                 ids.append(image_id)
                 records.append({"image": image_id, **info})
                 if result_file is None:
@@ -271,6 +276,8 @@ class SynthesizeTask(BasicInferTask):
                     shutil.copyfile(path, result_file)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+        if added and self.on_registered is not None:
+            self.on_registered(added)
         return result_file, {"images": ids, "image": ids[0], "records": records, **data["synthesis"]}
 
 

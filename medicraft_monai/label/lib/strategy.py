@@ -1,4 +1,5 @@
-"""Active-learning strategy ``review``: the next synthetic image no expert has judged yet."""
+"""Active-learning strategy ``review``: the next synthetic image no expert has judged yet, the oldest first or the
+one the automated checks are least sure about first."""
 
 from __future__ import annotations
 
@@ -9,7 +10,12 @@ from typing import Any
 from fastapi import HTTPException
 from monailabel.interfaces.tasks.strategy import Strategy
 
-__all__ = ["NextUnreviewed"]
+__all__ = ["ORDERS", "NextUnreviewed"]
+
+ORDERS: tuple[str, ...] = ("oldest", "uncertain")
+"""How the next image is chosen: the oldest first, or the highest classifier uncertainty of its automated checks
+(``qa.classifier.uncertainty``, the normalised entropy of the classifier's probabilities) first; images not scored
+yet come after the scored ones, oldest first."""
 
 
 class NextUnreviewed(Strategy):
@@ -17,20 +23,25 @@ class NextUnreviewed(Strategy):
 
     Request params (``POST /activelearning/review`` JSON body): ``class`` (optional, one of ``class_names``: 422
     otherwise), ``client_id`` (the reviewer; an image served to another reviewer within ``lease_s`` seconds is
-    skipped so two experts do not judge the same image at once), ``lease_s``. Answers ``{}`` when nothing is left.
+    skipped so two experts do not judge the same image at once), ``lease_s``, ``order`` (one of :data:`ORDERS`).
+    Answers ``{}`` when nothing is left.
 
     Args:
         class_names: the generator's classes (for validating ``class``).
         lease_s: default seconds an image stays with the reviewer it was served to.
+        order: the default order (:data:`ORDERS`).
     """
 
-    def __init__(self, class_names: Sequence[str], lease_s: float = 300.0) -> None:
-        super().__init__("Next unreviewed synthetic image (params: class, client_id, lease_s)")
+    def __init__(self, class_names: Sequence[str], lease_s: float = 300.0, order: str = "oldest") -> None:
+        super().__init__("Next unreviewed synthetic image (params: class, client_id, lease_s, order)")
+        if order not in ORDERS:
+            raise ValueError(f"review order must be one of {list(ORDERS)}, got {order!r}")
         self.class_names = [str(c) for c in class_names]
         self.lease_s = float(lease_s)
+        self.order = order
 
     def info(self) -> dict[str, Any]:
-        return {**super().info(), "classes": self.class_names}
+        return {**super().info(), "classes": self.class_names, "order": self.order, "orders": list(ORDERS)}
 
     def __call__(self, request: dict[str, Any], datastore: Any) -> dict[str, Any]:
         wanted = request.get("class", request.get("class_name"))
@@ -43,6 +54,9 @@ class NextUnreviewed(Strategy):
             raise HTTPException(
                 status_code=422, detail=f"'lease_s' must be a number, got {request.get('lease_s')!r}"
             ) from None
+        order = request.get("order") or self.order
+        if order not in ORDERS:
+            raise HTTPException(status_code=422, detail=f"'order' must be one of {list(ORDERS)}, got {order!r}")
         now = time.time()
         candidates = []
         for image_id in datastore.list_images():
@@ -55,8 +69,11 @@ class NextUnreviewed(Strategy):
             if client and served.get("client_id") not in (None, client) and now - served.get("ts", 0) < lease:
                 continue
             created = (info.get("provenance") or {}).get("created", "")
-            candidates.append((created, info.get("ts", 0), image_id))
+            key: tuple[Any, ...] = (created, info.get("ts", 0), image_id)
+            if order == "uncertain":
+                uncertainty = ((info.get("qa") or {}).get("classifier") or {}).get("uncertainty")
+                key = (uncertainty is None, -(uncertainty or 0.0), *key)
+            candidates.append(key)
         if not candidates:
             return {}
-        _, _, image_id = min(candidates)
-        return {"id": image_id}
+        return {"id": min(candidates)[-1]}
