@@ -95,3 +95,49 @@ def test_review_export_refuses_images_outside_the_studies_folder_or_not_register
     assert "refused" in (out / "review_report.md").read_text()
     assert "refused: 6 image(s)" in proc.stdout
     assert _tree(tmp_path / "clinic") == before
+
+
+def test_review_export_compares_the_verdicts_with_the_stored_automated_checks(
+    tmp_path: Path, real_bscan_paths: list[Path]
+) -> None:
+    """Four reviewed images with the checks the ``qa`` scoring method stored and one reviewed without: the report's
+    confusion table and per-decision rates are exactly those of the stored records."""
+
+    def qa(passed: bool, anatomy: bool, agrees: bool, memorised: bool) -> dict:
+        return {"passed": passed, "reasons": [], "anatomy": {"passed": anatomy, "failures": []},
+                "classifier": {"predicted": "NORMAL", "confidence": 0.9, "agrees": agrees,
+                               "intended_probability": 0.9, "uncertainty": 0.2},
+                "nearest_real": {"distance": 3.0, "threshold": 2.0, "memorised": memorised}, "error": None}  # fmt: skip
+
+    reject = [{"verdict": "reject", "reviewer": "Dr A", "anomalies": ["absent_fovea"], "comment": ""}]
+    cases = [  # (expert verdicts, stored checks)
+        (ACCEPT, qa(True, True, True, False)),
+        (ACCEPT, qa(False, False, True, False)),
+        (reject, qa(False, False, False, True)),
+        (reject, qa(True, True, True, False)),
+        (ACCEPT, None),  # scored never: counted apart
+    ]
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    objects = {}
+    for k, (reviews, record) in enumerate(cases):
+        path = studies / f"synthetic_NORMAL_00000{k}_s{k}.png"
+        shutil.copyfile(real_bscan_paths[k], path)
+        entry = _entry(".png", _sha(path))
+        entry["image"]["info"]["reviews"] = reviews
+        if record is not None:
+            entry["image"]["info"]["qa"] = record
+        objects[path.stem] = entry
+    (studies / "datastore_v2.json").write_text(json.dumps({"name": "s", "images_dir": ".", "labels_dir": "labels",
+                                                           "objects": objects}))  # fmt: skip
+    out = tmp_path / "export"
+    proc = run_group([*MEDICRAFT, "review", "export", str(studies), str(out)], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    q = json.loads((out / "review_report.json").read_text())["automated_qa"]
+    assert q["available"] is True and q["n"] == 4 and q["n_unscored"] == 1
+    assert q["confusion"] == {"accept_pass": 1, "accept_fail": 1, "reject_pass": 1, "reject_fail": 1}
+    assert q["agreement"] == 0.5 and q["kappa"] == 0.0
+    assert q["by_decision"]["accept"] == {"n": 2, "anatomy_passed": 0.5, "classifier_agrees": 1.0, "memorised": 0.0}
+    assert q["by_decision"]["reject"] == {"n": 2, "anatomy_passed": 0.5, "classifier_agrees": 0.5, "memorised": 0.5}
+    md = (out / "review_report.md").read_text()
+    assert "## Agreement with the stored automated checks" in md and "| expert rejects | 1 | 1 |" in md

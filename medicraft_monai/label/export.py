@@ -6,8 +6,9 @@ in the main environment, with or without a server (``medicraft review export STU
 - :func:`export_reviews` writes ``accepted_datalist.json`` (the accepted synthetic images as a datalist in the
   project's format, ``synthetic: true`` with their provenance), ``review_report.json`` and ``review_report.md``
   (acceptance rate per class, per anomaly tag and per reviewer, and how the verdicts compare with the automated
-  anatomy checks of :mod:`medicraft_monai.metrics.anatomy` on the same images, and the readers' accuracy in the
-  blinded reading of :mod:`medicraft_monai.label.turing`);
+  anatomy checks of :mod:`medicraft_monai.metrics.anatomy` on the same images and with the checks the ``qa``
+  scoring method stored with them, and the readers' accuracy in the blinded reading of
+  :mod:`medicraft_monai.label.turing`);
 - :func:`filter_accepted` keeps only accepted synthetic images in a datalist or a ``multiply`` manifest (real images
   always stay), matching images by the SHA-256 of their bytes (or their file name).
 """
@@ -53,8 +54,8 @@ REPORT_MD = "review_report.md"
 
 class ReviewedImage(dict):
     """One image of the datastore: ``id``, ``path``, ``synthetic``, ``class_name``, ``provenance``, ``sha256``,
-    ``reviews`` (validated verdicts), ``decision`` (accept/reject/None) and ``refused`` (why a synthetic image is not
-    exported, or None: see :func:`refusal`)."""
+    ``reviews`` (validated verdicts), ``decision`` (accept/reject/None), ``qa`` (the stored automated checks, or None)
+    and ``refused`` (why a synthetic image is not exported, or None: see :func:`refusal`)."""
 
 
 def refusal(image_id: str, path: Path, info: Mapping[str, Any], root: Path) -> str | None:
@@ -116,6 +117,7 @@ def load_reviews(studies: str | os.PathLike, rule: str = "unanimous") -> dict[st
             sha256=info.get("sha256", ""),
             reviews=reviews,
             decision=decide(reviews, rule),
+            qa=info.get("qa"),
         )
     return out
 
@@ -183,6 +185,48 @@ def _kappa(pairs: Sequence[tuple[bool, bool]]) -> float | None:
     return None if pe >= 1 else round((po - pe) / (1 - pe), 4)
 
 
+def _agreement(pairs: Sequence[tuple[bool, bool]]) -> dict[str, Any]:
+    """How expert decisions (accept) and automated verdicts (pass) agree: count, agreement, kappa, confusion."""
+    n = len(pairs)
+    return {
+        "n": n,
+        "agreement": _rate(sum(a == b for a, b in pairs), n),
+        "kappa": _kappa(pairs),
+        "confusion": {
+            "accept_pass": sum(a and b for a, b in pairs),
+            "accept_fail": sum(a and not b for a, b in pairs),
+            "reject_pass": sum(not a and b for a, b in pairs),
+            "reject_fail": sum(not a and not b for a, b in pairs),
+        },
+        "automated_pass_rate": _rate(sum(b for _, b in pairs), n),
+        "expert_accept_rate": _rate(sum(a for a, _ in pairs), n),
+    }
+
+
+def _stored_checks(reviewed: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Expert decisions against the automated checks the ``qa`` scoring method stored with each image (anatomy,
+    classifier agreement, memorisation), overall and per check, for the images accepted and for those rejected."""
+    scored = [im for im in reviewed if isinstance(im.get("qa"), Mapping) and isinstance(im["qa"].get("passed"), bool)]
+    parts = {
+        "anatomy_passed": lambda qa: (qa.get("anatomy") or {}).get("passed"),
+        "classifier_agrees": lambda qa: (qa.get("classifier") or {}).get("agrees"),
+        "memorised": lambda qa: (qa.get("nearest_real") or {}).get("memorised"),
+    }
+    by_decision = {}
+    for decision in ("accept", "reject"):
+        ims = [im["qa"] for im in scored if im["decision"] == decision]
+        by_decision[decision] = {"n": len(ims)}
+        for key, pick in parts.items():
+            values = [v for v in (pick(qa) for qa in ims) if isinstance(v, bool)]
+            by_decision[decision][key] = _rate(sum(values), len(values))
+    return {
+        "available": bool(scored),
+        "n_unscored": len(reviewed) - len(scored),
+        **_agreement([(im["decision"] == "accept", im["qa"]["passed"]) for im in scored]),
+        "by_decision": by_decision,
+    }
+
+
 def _anatomy(reviewed: Sequence[Mapping[str, Any]], checker: Any) -> dict[str, Any]:
     """Expert decisions against the automated checks on the same images."""
     from medicraft_monai.data.io import read_bscan
@@ -210,21 +254,9 @@ def _anatomy(reviewed: Sequence[Mapping[str, Any]], checker: Any) -> dict[str, A
             c["agree"] += (ok is False) == (name in tags)
         rows.append({"image": im["id"], "expert": im["decision"], "checks_passed": bool(res.passed),
                      "failures": list(res.failures)})  # fmt: skip
-    n = len(pairs)
-    confusion = {
-        "accept_pass": sum(a and b for a, b in pairs),
-        "accept_fail": sum(a and not b for a, b in pairs),
-        "reject_pass": sum(not a and b for a, b in pairs),
-        "reject_fail": sum(not a and not b for a, b in pairs),
-    }
     return {
         "available": True,
-        "n": n,
-        "agreement": _rate(sum(a == b for a, b in pairs), n),
-        "kappa": _kappa(pairs),
-        "confusion": confusion,
-        "automated_pass_rate": _rate(sum(b for _, b in pairs), n),
-        "expert_accept_rate": _rate(sum(a for a, _ in pairs), n),
+        **_agreement(pairs),
         "per_check": {
             k: {**dict(c), "agreement": _rate(c["agree"], c["applicable"])} for k, c in sorted(per_check.items())
         },
@@ -357,6 +389,30 @@ def _markdown(report: Mapping[str, Any]) -> str:
                 f"| {k} | {c.get('applicable', 0)} | {c.get('check_failed', 0)} | {c.get('expert_tagged', 0)} | "
                 f"{c.get('both', 0)} | {_fmt(c['agreement'])} |"
             )
+    q = report.get("automated_qa") or {}
+    lines += ["", "## Agreement with the stored automated checks (scoring method `qa`)", ""]
+    if not q.get("available"):
+        lines.append("No reviewed image has stored checks (the `qa` scoring method was off or has not run).")
+    else:
+        c = q["confusion"]
+        lines += [
+            f"On {q['n']} reviewed images with checks ({q['n_unscored']} without): agreement "
+            f"**{_fmt(q['agreement'])}** (Cohen's kappa {q['kappa']}); experts accepted "
+            f"{_fmt(q['expert_accept_rate'])}, all checks passed on {_fmt(q['automated_pass_rate'])}.",
+            "",
+            "| | checks pass | checks fail |",
+            "|---|---:|---:|",
+            f"| expert accepts | {c['accept_pass']} | {c['accept_fail']} |",
+            f"| expert rejects | {c['reject_pass']} | {c['reject_fail']} |",
+            "",
+            "| expert decision | images | anatomy passed | classifier agrees | memorised |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for decision, d in q["by_decision"].items():
+            lines.append(
+                f"| {decision} | {d['n']} | {_fmt(d['anatomy_passed'])} | {_fmt(d['classifier_agrees'])} | "
+                f"{_fmt(d['memorised'])} |"
+            )
     if "turing" in report:
         lines += ["", *turing_markdown(report["turing"])]
     return "\n".join(lines) + "\n"
@@ -420,6 +476,7 @@ def export_reviews(
         "summary": summary,
         "refused": [{"image": im["id"], "path": im["path"], "reason": im["refused"]} for im in refused],
         "anatomy": anat,
+        "automated_qa": _stored_checks(reviewed),
         "images": [
             {
                 "image": im["id"],
@@ -428,6 +485,7 @@ def export_reviews(
                 "path": im["path"],
                 "decision": im["decision"],
                 "reviews": im["reviews"],
+                "qa": im["qa"],
             }  # fmt: skip
             for im in images.values()
             if im["synthetic"]
