@@ -276,6 +276,14 @@ def test_review_strategy_serves_the_least_certain_image_first(server: LabelServe
     assert waiting[served["id"]] == most
     oldest = server.next_sample("review", {"client_id": "Dr Order", "lease_s": 0}).json()
     assert oldest["id"] in waiting
+    # an image the reviewer skipped is not served again in that request: the next least certain one comes
+    second = server.next_sample(
+        "review", {"order": "uncertain", "client_id": "Dr Order", "lease_s": 0, "skip": [served["id"]]}
+    ).json()
+    assert second["id"] != served["id"]
+    assert waiting[second["id"]] == max(v for k, v in waiting.items() if k != served["id"])
+    bad_skip = server.next_sample("review", {"skip": "all"})
+    assert bad_skip.status_code == 422 and "skip" in bad_skip.text
     bad = server.next_sample("review", {"order": "random"})
     assert bad.status_code == 422 and "order" in bad.text
 

@@ -20,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -170,6 +171,15 @@ def open_page(browser, server: LabelServer, name: str | None):
     return context, page, recorder
 
 
+def latest_sample(page, rec: Recorder, old: tuple, timeout_s: float = 60) -> str:
+    """The id of the image the server served the page last, once it is none of ``old``."""
+    deadline = time.time() + timeout_s
+    while not (rec.samples and rec.samples[-1].get("id") not in old):
+        assert time.time() < deadline, f"no new image served after {old}"
+        page.wait_for_timeout(50)  # lets Playwright deliver the page's responses to the recorder
+    return rec.samples[-1]["id"]
+
+
 def image_info(server: LabelServer, image_id: str) -> dict:
     r = server.get("/datastore/image/info", params={"image": image_id})
     assert r.status_code == 200, r.text
@@ -223,7 +233,7 @@ def test_review_page_in_a_browser(server: LabelServer, setup: dict, browser, sho
 
     verdicts: dict[str, dict] = {}
     # --- image 1: zoom, accept
-    first = rec.samples[-1]["id"]
+    first = latest_sample(page, rec, ())
     page.keyboard.press("z")
     assert page.get_attribute("#zoom-box", "data-zoom") == "2"
     page.keyboard.press("a")
@@ -242,8 +252,7 @@ def test_review_page_in_a_browser(server: LabelServer, setup: dict, browser, sho
     page.wait_for_function("document.querySelector('#candidate').dataset.state === 'judging'")
 
     # --- image 2: scored by the automated checks first; reject with two tags and a comment
-    second = rec.samples[-1]["id"]
-    assert second != first
+    second = latest_sample(page, rec, (first,))
     r = server.post("/scoring/qa", params={"run_sync": "true"}, json={"images": [second]})
     assert r.status_code == 200, r.text
     for key in ("r", "1", "3", "c"):
@@ -266,8 +275,7 @@ def test_review_page_in_a_browser(server: LabelServer, setup: dict, browser, sho
     page.wait_for_function("document.querySelector('#candidate').dataset.state === 'judging'")
 
     # --- image 3: "other" without a comment is refused (the server's 422 on the page), fixed, undone, judged again
-    third = rec.samples[-1]["id"]
-    assert third not in (first, second)
+    third = latest_sample(page, rec, (first, second))
     for key in ("r", "7", "Enter"):
         page.keyboard.press(key)
     assert "the tag 'other' needs a comment" in error_text(page) and "422" in error_text(page)
@@ -290,6 +298,13 @@ def test_review_page_in_a_browser(server: LabelServer, setup: dict, browser, sho
     verdicts[third] = {"verdict": "accept", "anomalies": [], "comment": ""}
     page.keyboard.press("n")
     page.wait_for_function("document.querySelector('#candidate').dataset.state === 'judging'")
+
+    # --- N before a verdict skips the image: another one is served, the skipped one stays unreviewed
+    skipped = latest_sample(page, rec, (first, second, third))  # blinded: the page does not show the id yet
+    page.keyboard.press("n")
+    latest_sample(page, rec, (first, second, third, skipped))
+    page.wait_for_function("document.querySelector('#candidate').dataset.state === 'judging'")
+    assert image_info(server, skipped)["review_status"] == "unreviewed"
 
     # --- a verdict without a reviewer's name: the server's 422 is shown, nothing is stored
     fourth = rec.samples[-1]["id"]

@@ -23,7 +23,8 @@ class NextUnreviewed(Strategy):
 
     Request params (``POST /activelearning/review`` JSON body): ``class`` (optional, one of ``class_names``: 422
     otherwise), ``client_id`` (the reviewer; an image served to another reviewer within ``lease_s`` seconds is
-    skipped so two experts do not judge the same image at once), ``lease_s``, ``order`` (one of :data:`ORDERS`).
+    skipped so two experts do not judge the same image at once), ``lease_s``, ``order`` (one of :data:`ORDERS`),
+    ``skip`` (ids the reviewer passed over, not served again in this request).
     Answers ``{}`` when nothing is left.
 
     Args:
@@ -33,7 +34,7 @@ class NextUnreviewed(Strategy):
     """
 
     def __init__(self, class_names: Sequence[str], lease_s: float = 300.0, order: str = "oldest") -> None:
-        super().__init__("Next unreviewed synthetic image (params: class, client_id, lease_s, order)")
+        super().__init__("Next unreviewed synthetic image (params: class, client_id, lease_s, order, skip)")
         if order not in ORDERS:
             raise ValueError(f"review order must be one of {list(ORDERS)}, got {order!r}")
         self.class_names = [str(c) for c in class_names]
@@ -54,6 +55,10 @@ class NextUnreviewed(Strategy):
             raise HTTPException(
                 status_code=422, detail=f"'lease_s' must be a number, got {request.get('lease_s')!r}"
             ) from None
+        skip = request.get("skip") or []
+        if isinstance(skip, str) or not isinstance(skip, (list, tuple)) or not all(isinstance(i, str) for i in skip):
+            raise HTTPException(status_code=422, detail=f"'skip' must be a list of image ids, got {skip!r}")
+        skip = set(skip)
         order = request.get("order") or self.order
         if order not in ORDERS:
             raise HTTPException(status_code=422, detail=f"'order' must be one of {list(ORDERS)}, got {order!r}")
@@ -61,7 +66,7 @@ class NextUnreviewed(Strategy):
         candidates = []
         for image_id in datastore.list_images():
             info = datastore.get_image_info(image_id)
-            if not info.get("synthetic") or info.get("reviews"):
+            if not info.get("synthetic") or info.get("reviews") or image_id in skip:
                 continue
             if wanted not in (None, "") and info.get("class_name") != str(wanted):
                 continue

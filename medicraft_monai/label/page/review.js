@@ -17,6 +17,7 @@
     verdict: null,
     tags: new Set(),
     undo: [], // image ids this page submitted a verdict for, last on top
+    skipped: new Set(), // image ids passed over with N before a verdict (not served to this page again)
     zoom: 0,
     trial: null, // {token, classes}
     trialAnswer: null,
@@ -150,7 +151,7 @@
       submitVerdict();
     });
     $("#undo").addEventListener("click", () => undo());
-    $("#next").addEventListener("click", () => nextImage());
+    $("#next").addEventListener("click", () => skipOrNext());
     $("#synth-form").addEventListener("submit", (ev) => {
       ev.preventDefault();
       synthesize();
@@ -176,7 +177,7 @@
       return;
     }
     showError("");
-    const params = { client_id: reviewer() };
+    const params = { client_id: reviewer(), skip: Array.from(state.skipped) };
     if ($("#class-filter").value) params.class = $("#class-filter").value;
     const res = await api("POST", "../activelearning/review", params);
     resetForm();
@@ -194,6 +195,11 @@
     $("#candidate").dataset.state = "judging";
     status("Judge this image: A accept, R reject, 1-7 anomalies, Enter submit.");
     renderCandidate();
+  }
+
+  async function skipOrNext() {
+    if (state.current && !state.current.reviewed) state.skipped.add(state.current.id); // passed over: not served again
+    await nextImage();
   }
 
   function resetForm() {
@@ -594,8 +600,7 @@
     } else if (key === "u") await undo();
     else if (key === "z") zoom();
     else if (key === "n") {
-      if (state.current && !state.current.reviewed) showError("Judge this image first: it stays yours while the lease lasts.");
-      else await nextImage();
+      await skipOrNext();
     }
   }
 
