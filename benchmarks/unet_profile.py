@@ -17,7 +17,11 @@ adds overhead to every operator call: the fractions of the profiled run are lowe
 is given too). Nothing here asserts a time.
 
 Configurations: the shipped ``oct_ddpm`` UNet at its own size (32 x 64, its weights) and medicraft's UNet size at
-256 x 512 (random weights), each in bf16 autocast + channels_last (the default) and fp32 eager (the baseline).
+256 x 512 (random weights), each in bf16 autocast + channels_last (the default) and fp32 eager (the baseline), and
+two candidate changes on top of the default, with the same weights: attention through PyTorch's fused
+``scaled_dot_product_attention`` (MONAI's ``use_flash_attention``), and the weights cast to bf16 once instead of by
+autocast on every pass. "diff vs fp32" is the largest absolute difference of one pass's output from fp32 eager's on
+the same input, over that output's standard deviation: a candidate must not round worse than the default does.
 
 Usage::
 
@@ -94,36 +98,51 @@ def family(op_name: str) -> str:
     return "other"
 
 
-def shipped_unet():
-    """The shipped ``oct_ddpm`` network with its weights, and its image shape (C, H, W)."""
+def shipped_unet(overrides: dict[str, Any] | None = None):
+    """The shipped ``oct_ddpm`` network with its weights (and config ``overrides``), and its image shape (C, H, W)."""
     from medicraft_monai.bundles import bundle_path
     from medicraft_monai.networks import load_bundle_network
 
-    loaded = load_bundle_network(bundle_path("oct_ddpm"))
+    loaded = load_bundle_network(bundle_path("oct_ddpm"), overrides=overrides)
     size = [int(s) for s in loaded.parser.get_parsed_content("image_size")]
     return loaded.network.eval(), (1, *size)
 
 
-def profile_pass(unet, shape, batch: int, amp: bool, channels_last: bool, passes: int) -> dict[str, Any]:
-    """Self CPU time per family over ``passes`` forward passes (after warm-up), and the unprofiled pass time."""
+def with_fused_attention(unet, make):
+    """A twin of ``unet`` built by ``make(use_flash_attention=True)`` with the same weights."""
+    twin = make(use_flash_attention=True)
+    twin.load_state_dict(unet.state_dict())
+    return twin.eval()
+
+
+def profile_pass(
+    unet, shape, batch: int, amp: bool, channels_last: bool, passes: int, bf16_weights: bool = False
+) -> dict[str, Any]:
+    """Self CPU time per family over ``passes`` forward passes (after warm-up), the unprofiled pass time, and the
+    output of one pass on a fixed input (float32, to compare configurations)."""
+    import copy
+
     import torch
     from torch.profiler import ProfilerActivity, profile
 
     net = (
         unet.to(memory_format=torch.channels_last) if channels_last else unet.to(memory_format=torch.contiguous_format)
     )
-    x = torch.randn(batch, *shape)
+    x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(0))
+    if bf16_weights:  # cast once, here, instead of autocast casting the weights on every pass
+        net, x = copy.deepcopy(net).to(torch.bfloat16), x.to(torch.bfloat16)
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
     kwargs = {"x": x, "timesteps": torch.full((batch,), 500, dtype=torch.long)}
     if getattr(net, "num_class_embeds", None):
         kwargs["class_labels"] = torch.zeros(batch, dtype=torch.long)
 
-    def run() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-            net(**kwargs)
+    def run():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp and not bf16_weights):
+            return net(**kwargs)
 
     with torch.inference_mode():
+        output = run().float()
         for _ in range(2):
             run()  # warm-up: oneDNN primitives are created on the first passes
         start = time.perf_counter()
@@ -142,7 +161,19 @@ def profile_pass(unet, shape, batch: int, amp: bool, channels_last: bool, passes
         ops[fam][event.key] += seconds
     total = sum(times.values())
     top = {f: sorted(o.items(), key=lambda kv: -kv[1])[:3] for f, o in ops.items()}
-    return {"pass_seconds": plain, "profiled_seconds": total, "families": dict(times), "top_ops": top}
+    return {"pass_seconds": plain, "profiled_seconds": total, "families": dict(times), "top_ops": top,
+            "output": output}  # fmt: skip
+
+
+def CONFIGURATIONS(unet, fused) -> tuple:  # noqa: N802 - a table, read like a constant
+    """(label, network, bf16 autocast, channels_last, bf16 weights) of each profiled configuration: the default
+    first, fp32 eager (the reference) second."""
+    return (
+        ("bf16 + channels_last", unet, True, True, False),
+        ("fp32 eager", unet, False, False, False),
+        ("bf16 + channels_last + fused attention", fused, True, True, False),
+        ("bf16 weights + channels_last", unet, True, True, True),
+    )
 
 
 def parse_args(argv=None):
@@ -166,22 +197,30 @@ def main(argv=None) -> dict[str, Any]:
     print(f"matmul peaks (same run): bf16 {peak_bf16 / 1e9:,.0f} GFLOP/s, fp32 {peak_fp32 / 1e9:,.0f} GFLOP/s")
     models = []
     if args.quick:
-        models.append(("tiny UNet (random)", build_unet(QUICK_NET), (1, 32, 64)))
+        models.append(("tiny UNet (random)", build_unet(QUICK_NET), (1, 32, 64),
+                       lambda **kw: build_unet({**QUICK_NET, **kw})))  # fmt: skip
     else:
         net, shape = shipped_unet()
-        models.append((f"shipped oct_ddpm ({shape[1]} x {shape[2]})", net, shape))
+        models.append((f"shipped oct_ddpm ({shape[1]} x {shape[2]})", net, shape, lambda **kw: shipped_unet(kw)[0]))
         models.append((f"medicraft-size UNet (random, {args.height} x {args.width})", build_unet(MEDICRAFT_SIZE_NET),
-                       (1, args.height, args.width)))  # fmt: skip
+                       (1, args.height, args.width), lambda **kw: build_unet({**MEDICRAFT_SIZE_NET, **kw})))  # fmt: skip
     rows = []
-    for name, unet, shape in models:
+    for name, unet, shape, make in models:
         flops = unet_flops(unet, shape, device) * args.batch
-        for precision, amp, channels_last in (("bf16 + channels_last", True, True), ("fp32 eager", False, False)):
-            result = profile_pass(unet, shape, args.batch, amp, channels_last, args.passes)
+        fused = with_fused_attention(unet, make)
+        outputs = []
+        for precision, net, amp, channels_last, bf16_weights in CONFIGURATIONS(unet, fused):
+            result = profile_pass(net, shape, args.batch, amp, channels_last, args.passes, bf16_weights)
+            outputs.append(result.pop("output"))
             peak = peak_bf16 if amp else peak_fp32
             achieved = flops / result["pass_seconds"]
             rows.append({"model": name, "precision": precision, "batch": args.batch, "gflop_per_pass": flops / 1e9,
                          "gflops": achieved / 1e9, "of_own_peak": achieved / peak, "of_bf16_peak": achieved / peak_bf16,
                          **result})  # fmt: skip
+        exact = outputs[1]  # fp32 eager: the network itself
+        for row, output in zip(rows[-len(outputs) :], outputs):
+            row["max_abs_diff_vs_fp32"] = float((output - exact).abs().max())
+            row["output_std"] = float(exact.std())
     print_table(rows)
     out = {"peaks_gflops": {"bf16": peak_bf16 / 1e9, "fp32": peak_fp32 / 1e9}, "rows": rows,
            "torch": torch.__version__, "threads": torch.get_num_threads()}  # fmt: skip
@@ -192,13 +231,14 @@ def main(argv=None) -> dict[str, Any]:
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     """The profile as a Markdown table: one row per configuration, one column per family (share of the time)."""
-    head = ["model", "precision", "ms / pass", "GFLOP/s", "of own peak", "of bf16 peak", *ORDER]
+    head = ["model", "configuration", "ms / pass", "GFLOP/s", "of own peak", "of bf16 peak", "diff vs fp32", *ORDER]
     print("\n| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for r in rows:
         total = r["profiled_seconds"] or 1.0
         shares = [f"{100 * r['families'].get(f, 0.0) / total:.0f}%" for f in ORDER]
+        diff = r["max_abs_diff_vs_fp32"] / (r["output_std"] or 1.0)
         print(f"| {r['model']} | {r['precision']} | {1e3 * r['pass_seconds']:.1f} | {r['gflops']:.0f} | "
-              f"{r['of_own_peak']:.2f} | {r['of_bf16_peak']:.2f} | " + " | ".join(shares) + " |")  # fmt: skip
+              f"{r['of_own_peak']:.2f} | {r['of_bf16_peak']:.2f} | {diff:.3f} | " + " | ".join(shares) + " |")  # fmt: skip
     print("\nlargest operators per family (ms per pass, profiled):")
     for r in rows:
         tops = "; ".join(

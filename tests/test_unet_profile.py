@@ -59,7 +59,17 @@ def test_quick_run_profiles_both_precisions_and_the_shares_add_up(tmp_path: Path
     peaks = result["peaks_gflops"]
     assert peaks["bf16"] > 0 and peaks["fp32"] > 0
     rows = result["rows"]
-    assert [r["precision"] for r in rows] == ["bf16 + channels_last", "fp32 eager"]
+    assert [r["precision"] for r in rows] == [
+        "bf16 + channels_last",
+        "fp32 eager",
+        "bf16 + channels_last + fused attention",
+        "bf16 weights + channels_last",
+    ]
+    assert rows[1]["max_abs_diff_vs_fp32"] == 0.0  # the reference itself
+    # the candidates compute the same network: they differ from fp32 by bf16 rounding (8 mantissa bits: 2^-8 of a
+    # value, accumulated over the network's depth), far below the output's own spread
+    for r in (rows[0], rows[2], rows[3]):
+        assert 0 < r["max_abs_diff_vs_fp32"] < 0.5 * r["output_std"]
     up = _profile_module()
     for r in rows:
         assert set(r["families"]) <= set(up.ORDER) and r["families"]["convolution"] > 0
