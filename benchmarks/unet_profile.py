@@ -17,11 +17,12 @@ adds overhead to every operator call: the fractions of the profiled run are lowe
 is given too). Nothing here asserts a time.
 
 Configurations: the shipped ``oct_ddpm`` UNet at its own size (32 x 64, its weights) and medicraft's UNet size at
-256 x 512 (random weights), each in bf16 autocast + channels_last (the default) and fp32 eager (the baseline), and
-two candidate changes on top of the default, with the same weights: attention through PyTorch's fused
-``scaled_dot_product_attention`` (MONAI's ``use_flash_attention``), and the weights cast to bf16 once instead of by
-autocast on every pass. "diff vs fp32" is the largest absolute difference of one pass's output from fp32 eager's on
-the same input, over that output's standard deviation: a candidate must not round worse than the default does.
+256 x 512 (random weights), each in bf16 autocast + channels_last (the fast-synthesis configuration) and fp32 eager
+(the baseline), and two candidate changes on top of the fast configuration, with the same weights: attention
+through PyTorch's fused ``scaled_dot_product_attention`` (MONAI's ``use_flash_attention``), and the weights cast to
+bf16 once instead of by autocast on every pass. "diff vs fp32" is the largest absolute difference of one pass's
+output from fp32 eager's on the same input, over that output's standard deviation: a candidate must not round worse
+than the fast configuration does.
 
 Usage::
 
@@ -166,8 +167,8 @@ def profile_pass(
 
 
 def CONFIGURATIONS(unet, fused) -> tuple:  # noqa: N802 - a table, read like a constant
-    """(label, network, bf16 autocast, channels_last, bf16 weights) of each profiled configuration: the default
-    first, fp32 eager (the reference) second."""
+    """(label, network, bf16 autocast, channels_last, bf16 weights) of each profiled configuration: the fast
+    configuration first, fp32 eager (the reference) second."""
     return (
         ("bf16 + channels_last", unet, True, True, False),
         ("fp32 eager", unet, False, False, False),
