@@ -42,6 +42,7 @@ from PIL import Image
 
 from medicraft_monai.label.review import bscan_png
 from medicraft_monai.label.turing import TURING_ANSWERS, binomial_ci
+from medicraft_monai.networks import bundle_parser
 
 CHROMIUM = Path(os.environ.get("MEDICRAFT_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -361,7 +362,9 @@ def test_review_page_in_a_browser(server: LabelServer, setup: dict, browser, sho
 
     # which image each trial showed, found from its pixels alone (not from the server's records)
     size = TINY_GENERATOR["image_size"]
-    candidates = [("real", p.parent.name, pixels(bscan_png(p, size))) for p in setup["held_out"]]
+    train = bundle_parser(GENERATOR_BUNDLE, config_file="train.json")  # real images framed as its training data
+    framing = (train.get_parsed_content("crop_height"), train.get_parsed_content("resize_mode"))
+    candidates = [("real", p.parent.name, pixels(bscan_png(p, size, *framing))) for p in setup["held_out"]]
     for image_id in synthetic:
         candidates.append(
             ("synthetic", classes[image_id], pixels(bscan_png(image_info(server, image_id)["path"], size)))

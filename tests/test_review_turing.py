@@ -170,3 +170,24 @@ def test_export_reports_the_blinded_reading(tmp_path: Path):
     md = Path(result["report_md"]).read_text()
     assert "## Blinded reading: real or synthetic?" in md and "| reader A | 2 | 1 | 50.0% |" in md
     assert "indistinguishable" in md or "could not tell" in md
+
+
+def test_real_trials_are_framed_like_the_generators_training_data(tmp_path: Path, real_bscan_paths: list[Path]):
+    """A real held-out scan is shown as the generator saw its training data (rows around the retina kept, then a
+    centre cut to the generator's aspect), not squashed whole into its size: framing must not give it away."""
+    from medicraft_monai.metrics.images import load_images
+
+    scan = real_bscan_paths[-1]  # a NORMAL Spectralis B-scan, 496 rows
+    real = [{"path": str(scan), "class_name": "NORMAL"}]
+    synthetic = {"NORMAL": [("synthetic_NORMAL_0", str(write_bscan_png(
+        tmp_path / "synthetic_NORMAL_0.png", np.zeros((32, 64), np.uint8), provenance={"class_name": "NORMAL"})))]}  # fmt: skip
+    framed = TuringDeck(real, TuringAnswers(tmp_path / "a"), (32, 64), rng=FixedChoices([0, 0, 0]), crop_height=256,
+                        resize_mode="crop")  # fmt: skip
+    plain = TuringDeck(real, TuringAnswers(tmp_path / "b"), (32, 64), rng=FixedChoices([0, 0, 0]))
+    shown = np.asarray(Image.open(io.BytesIO(framed.png(framed.draw("Dr R", synthetic)["token"]))), dtype=np.float64)
+    squashed = np.asarray(Image.open(io.BytesIO(plain.png(plain.draw("Dr R", synthetic)["token"]))), dtype=np.float64)
+    prepared = load_images([str(scan)], (32, 64), crop_height=256, resize_mode="crop", progress=False)[0][0, 0]
+    assert shown.shape == squashed.shape == (32, 64)
+    # the same pixels as the training preparation, to the 8-bit rounding (half a grey level)
+    assert np.abs(shown - prepared.numpy() * 255.0).max() <= 0.5 + 1e-6
+    assert np.abs(shown - squashed).mean() > 5.0  # and visibly not the whole scan squashed into 32 x 64

@@ -12,7 +12,9 @@ Start it in the MONAI Label environment (``bash scripts/setup_label_env.sh`` cre
 image stays with the reviewer it was served to, default 300), ``auto_reload`` (watch the studies folder for
 files added by hand, default false), ``num_inference_steps`` (default sampling steps), ``turing_datalist`` (a project
 datalist whose ``test`` split, else ``validation`` split, holds the real held-out B-scans of the review page's
-blinded reading; without it the page has no blinded reading).
+blinded reading; without it the page has no blinded reading; its real images are framed as the generator's training
+data was, from ``crop_height`` and ``resize_mode`` of the generator bundle's ``train.json``, or ``turing_crop_height``
+and ``turing_resize_mode``).
 
 The review page for the medical team is served by the same server at ``/review/`` (:mod:`.lib.page`).
 
@@ -82,7 +84,27 @@ class MedicraftLabelApp(MONAILabelApp):
             return None
         gen = self.synthesizer.generator
         items = held_out_items(path, gen.class_names)
-        return TuringDeck(items, TuringAnswers(self.studies), gen.image_shape[-2:])
+        prep = self._training_preparation()
+        return TuringDeck(items, TuringAnswers(self.studies), gen.image_shape[-2:], **prep)
+
+    def _training_preparation(self) -> dict[str, Any]:
+        """How the generator's training data was prepared (``crop_height``, ``resize_mode`` of its ``train.json``;
+        ``--conf turing_crop_height`` / ``turing_resize_mode`` win), for framing real images like synthetic ones."""
+        from medicraft_monai.networks import bundle_parser
+
+        found: dict[str, Any] = {"crop_height": None, "resize_mode": None}
+        try:
+            parser = bundle_parser(self.conf["generator_bundle"], config_file="train.json")
+            for key in found:
+                if key in parser:
+                    found[key] = parser.get_parsed_content(key)
+        except (FileNotFoundError, KeyError, ValueError) as err:
+            logger.warning("the generator's training preparation is unknown (%s): real images are only resized", err)
+        if self.conf.get("turing_crop_height"):
+            found["crop_height"] = int(self.conf["turing_crop_height"]) or None
+        if self.conf.get("turing_resize_mode"):
+            found["resize_mode"] = self.conf["turing_resize_mode"]
+        return found
 
     def on_init_complete(self) -> None:
         super().on_init_complete()

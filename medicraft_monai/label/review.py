@@ -199,7 +199,12 @@ def image_id_problem(image_id: Any, root: str | os.PathLike) -> str | None:
     return None
 
 
-def bscan_png(path: str | os.PathLike, size: Sequence[int] | None = None) -> bytes:
+def bscan_png(
+    path: str | os.PathLike,
+    size: Sequence[int] | None = None,
+    crop_height: int | None = None,
+    resize_mode: str | None = None,
+) -> bytes:
     """A B-scan file of any supported format as the review page shows it: an 8-bit grayscale PNG without metadata.
 
     No text chunk, file name or provenance is carried over (a blinded reader learns nothing but the pixels), so
@@ -208,12 +213,24 @@ def bscan_png(path: str | os.PathLike, size: Sequence[int] | None = None) -> byt
     Args:
         path: the image file (PNG, JPEG, TIFF, NIfTI, DICOM: see :func:`medicraft_monai.data.io.read_bscan`).
         size: ``(height, width)`` to resize to (bilinear), or None to keep the image's own size.
+        crop_height, resize_mode: with ``size``, prepare the image as a generator's training data is prepared
+            (:func:`~medicraft_monai.metrics.images.load_images`: rows kept around the retina, then ``resize_mode``
+            to ``size``), so a real B-scan is framed like the synthetic images a generator of that size makes.
     """
     from PIL import Image
 
     from medicraft_monai.data.io import read_bscan
     from medicraft_monai.visualize import to_uint8
 
+    if size is not None and (crop_height or resize_mode):
+        from medicraft_monai.metrics.images import load_images
+
+        prepared = load_images([str(path)], tuple(size), crop_height=crop_height, progress=False,
+                               resize_mode=resize_mode or "fit")[0][0, 0].numpy()  # fmt: skip
+        image = Image.fromarray((prepared * 255.0 + 0.5).clip(0, 255).astype("uint8"), mode="L")
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        return buf.getvalue()
     array, _ = read_bscan(path)
     image = Image.fromarray(to_uint8(array), mode="L")
     if size is not None:

@@ -153,6 +153,9 @@ class TuringDeck:
         answers: where answers go.
         size: ``(height, width)`` every trial image is rendered at (the generator's image size).
         rng: the random source (default: the system's, not reproducible by design).
+        crop_height, resize_mode: how the generator's training data was prepared (rows kept around the retina, then
+            resized with that mode); real images are prepared the same way, so that their framing does not tell them
+            from the synthetic ones. None: resized as they are.
     """
 
     def __init__(
@@ -161,6 +164,8 @@ class TuringDeck:
         answers: TuringAnswers,
         size: Sequence[int],
         rng: Any = None,
+        crop_height: int | None = None,
+        resize_mode: str | None = None,
     ) -> None:
         self.real: dict[str, list[str]] = {}
         for item in real_items:
@@ -168,6 +173,8 @@ class TuringDeck:
         self.answers = answers
         self.size = (int(size[0]), int(size[1]))
         self.rng = rng if rng is not None else secrets.SystemRandom()
+        self.crop_height = int(crop_height) if crop_height else None
+        self.resize_mode = resize_mode
         self._pending: dict[str, dict[str, Any]] = {}
         self._seen: dict[str, set[str]] = {}
         self._lock = threading.Lock()
@@ -224,8 +231,12 @@ class TuringDeck:
         return trial
 
     def png(self, token: Any) -> bytes:
-        """The trial's image as PNG (rendered like every other trial image)."""
-        return bscan_png(self._trial(token)["path"], self.size)
+        """The trial's image as PNG (rendered like every other trial image; a real one prepared as the generator's
+        training data was)."""
+        trial = self._trial(token)
+        if trial["truth"] == "real":
+            return bscan_png(trial["path"], self.size, self.crop_height, self.resize_mode)
+        return bscan_png(trial["path"], self.size)
 
     def answer(self, token: Any, reader: Any, answer: Any, class_answer: Any = None) -> dict[str, Any]:
         """Record a reader's answer to a trial; returns ``{"recorded", "answers"}`` (no truth: readers get no feedback).
