@@ -23,16 +23,23 @@ def small_oct2017_datalist(oct2017_dir: Path, path: Path, training: int, validat
     return write_datalist(path, small)
 
 
-def generator_output(image: str | Path, path: Path, size: tuple[int, int] = (64, 128), crop_height: int = 256) -> Path:
+def generator_output(
+    image: str | Path,
+    path: Path,
+    size: tuple[int, int] = (64, 128),
+    crop_height: int = 256,
+    resize_mode: str = "fit",
+) -> Path:
     """A real B-scan as a generator of ``size`` trained on it would write it: cropped around the retina
-    (``crop_height`` rows), resized, saved as an 8-bit PNG at ``path``; a stand-in for a synthetic image (a perfect
-    copy of a training image, when ``image`` is one)."""
+    (``crop_height`` rows), resized (``resize_mode``), saved as an 8-bit PNG at ``path``; a stand-in for a synthetic
+    image (a perfect copy of a training image, when ``image`` is one)."""
     import numpy as np
     from PIL import Image
 
     from medicraft_monai.metrics.images import load_images
 
-    x = load_images([str(image)], size, crop_height=crop_height, progress=False)[0][0, 0].numpy()
+    x = load_images([str(image)], size, crop_height=crop_height, progress=False, resize_mode=resize_mode)[0][0, 0]
+    x = x.numpy()
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.round(x * 255).astype(np.uint8)).save(path)
     return path

@@ -674,6 +674,9 @@ def test_qa_settings_and_intended_class(qa_models: Path, qa_input: dict, tmp_pat
         QASettings.from_environ(qa_models, {"MEDICRAFT_QA_MIN_CONFIDENCE": "1.5"})
     with pytest.raises(QAUsageError, match="anatomy_profile"):
         QASettings.from_environ(qa_models, {"MEDICRAFT_QA_ANATOMY_PROFILE": "cirrus"})
+    assert QASettings.from_environ(qa_models, {"MEDICRAFT_QA_RESIZE_MODE": "crop"}).resize_mode == "crop"
+    with pytest.raises(QAUsageError, match="resize_mode must be 'fit', 'crop' or 'stretch', got 'pad'"):
+        QASettings.from_environ(qa_models, {"MEDICRAFT_QA_RESIZE_MODE": "pad"})
     with pytest.raises(QAUsageError, match="needs both the evaluation bundle and the reference datalist"):
         QASettings.from_environ(qa_models, {"MEDICRAFT_QA_REFERENCE_DATALIST": "none"})
     with pytest.raises(QAUsageError, match="not a MONAI bundle"):

@@ -246,3 +246,23 @@ def test_at_a_given_size_the_classifier_sees_the_image_as_a_generator_of_that_si
     # the same pixels reach the classifier either way: the same network on the same input gives the same numbers
     for key in ("predicted", "confidence", "intended_probability", "uncertainty", "agrees"):
         assert original[key] == png[key], key
+
+
+def test_real_images_are_framed_with_the_generators_resize_mode(qa: ImageQA, datalist: Path, tmp_path: Path) -> None:
+    """A copy of a training image made by a generator trained with ``resize_mode: crop`` (the shipped ones) is found
+    only when the real images are framed the same way: with ``fit`` they are padded, and the copy looks new."""
+    item = dict(load_datalist(datalist)["training"][0])
+    copy = generator_output(item["image"], tmp_path / item["class_name"] / "copy.png", resize_mode="crop")
+    distances = {}
+    for mode in ("crop", "fit"):
+        framed = ImageQA(anatomy_profile=None, extractor=qa.extractor, reference=qa.reference,
+                         calibration=qa.calibration, image_size=(64, 128), crop_height=256, resize_mode=mode,
+                         progress=False)  # fmt: skip
+        (row,) = framed.assess([{"image": str(copy), "class_name": item["class_name"]}])
+        distances[mode] = row["nearest_real_distance"]
+        assert framed.settings()["resize_mode"] == mode
+        if mode == "crop":
+            assert row["memorised"] is True and row["nearest_real_distance"] <= 0.02 * row["memorisation_threshold"]
+    assert distances["fit"] > 10 * distances["crop"]
+    with pytest.raises(ValueError, match="resize_mode"):
+        ImageQA(anatomy_profile=None, resize_mode="pad")

@@ -83,6 +83,8 @@ class QASettings:
         image_size: (H, W) every image and the real references are brought to before they are checked and compared
             (the generator's size; default: each image's own).
         crop_height: rows kept around the retina of the real images before resizing (None: no crop).
+        resize_mode: how images reach ``image_size`` (``fit``, ``crop`` or ``stretch``): the generator's training
+            mode, so real images are framed like its output.
         percentile: the memorisation threshold's percentile of the real new patients' distances.
         min_confidence: the classifier's lowest probability of the intended class that counts as agreement.
         min_pass_fraction: the share of images that must pass, times the real validation images' pass fraction
@@ -98,6 +100,7 @@ class QASettings:
     anatomy_profile: str | None = "spectralis"
     image_size: list[int] | None = None
     crop_height: int | None = 256
+    resize_mode: str = "fit"
     percentile: float = 1.0
     min_confidence: float = 0.5
     min_pass_fraction: float = 0.8
@@ -113,6 +116,8 @@ class QASettings:
         self.min_pass_fraction = float(self.min_pass_fraction)
         self.max_memorised_fraction = float(self.max_memorised_fraction)
         self.fail_exit = flag(self.fail_exit)
+        if self.resize_mode not in ("fit", "crop", "stretch"):
+            raise ValueError(f"resize_mode must be 'fit', 'crop' or 'stretch', got {self.resize_mode!r}")
         if self.anatomy_profile not in (None, "spectralis", "phantom"):
             raise ValueError(f"anatomy_profile must be 'spectralis', 'phantom' or 'none', got {self.anatomy_profile!r}")
         for name, low, high in (("min_pass_fraction", 0, 1), ("max_memorised_fraction", 0, 1), ("min_confidence", 0, 1),
@@ -183,6 +188,7 @@ class QASettings:
             anatomy_profile=self.anatomy_profile,
             image_size=self.image_size,
             crop_height=self.crop_height,
+            resize_mode=self.resize_mode,
             percentile=self.percentile,
             min_confidence=self.min_confidence,
             device=resolve_device(device),

@@ -183,6 +183,8 @@ class ImageQA:
             image's own size (the anatomy checks then see the file as it is).
         crop_height: rows kept around the retina of the *real* images before they are resized, as the generators'
             training does (None: no crop); the assessed images are taken as the generator wrote them.
+        resize_mode: how images reach ``image_size``: ``"fit"`` (keep the aspect, pad), ``"crop"`` (centre cut to the
+            aspect) or ``"stretch"``; use the generator's training mode, so real images are framed like its output.
         percentile: the memorisation threshold's percentile of the calibration distances.
         min_confidence: the classifier's lowest probability of the intended class that counts as agreement.
         device: where the networks run.
@@ -198,6 +200,7 @@ class ImageQA:
         calibration: Sequence[Mapping[str, Any]] | None = None,
         image_size: Sequence[int] | None = None,
         crop_height: int | None = None,
+        resize_mode: str = "fit",
         percentile: float = 1.0,
         min_confidence: float = 0.5,
         device: str = "cpu",
@@ -219,6 +222,9 @@ class ImageQA:
         self.calibration = [dict(it) for it in calibration or []]
         self.image_size = tuple(int(s) for s in image_size) if image_size else None
         self.crop_height = int(crop_height) if crop_height else None
+        if resize_mode not in ("fit", "crop", "stretch"):
+            raise ValueError(f"resize_mode must be 'fit', 'crop' or 'stretch', got {resize_mode!r}")
+        self.resize_mode = resize_mode
         self.percentile = float(percentile)
         self.min_confidence = float(min_confidence)
         self.device = device
@@ -288,6 +294,7 @@ class ImageQA:
             "n_calibration": len(self.calibration),
             "image_size": list(self.image_size) if self.image_size else None,
             "crop_height": self.crop_height,
+            "resize_mode": self.resize_mode,
             "percentile": self.percentile,
             "min_confidence": self.min_confidence,
         }  # fmt: skip
@@ -296,7 +303,8 @@ class ImageQA:
     def _load(self, items: Sequence[Mapping[str, Any]], size: tuple[int, int], real: bool):
         from medicraft_monai.metrics.images import load_images
 
-        return load_images(items, size, crop_height=self.crop_height if real else None, progress=False)[0]
+        crop = self.crop_height if real else None
+        return load_images(items, size, crop_height=crop, progress=False, resize_mode=self.resize_mode)[0]
 
     def _reference_features(self, size: tuple[int, int]) -> tuple[Any, float | None]:
         """Features of the real training images at ``size`` and the memorisation threshold (computed once)."""
@@ -306,14 +314,16 @@ class ImageQA:
             from medicraft_monai.metrics.privacy import nearest_neighbours
 
             x_ref, kept = load_images(
-                self.reference, size, crop_height=self.crop_height, progress=self.progress, skip_bad=True
-            )
+                self.reference, size, crop_height=self.crop_height, progress=self.progress, skip_bad=True,
+                resize_mode=self.resize_mode,
+            )  # fmt: skip
             f_ref = extract_features(self.extractor, x_ref, device=self.device, progress=self.progress)
             threshold = None
             if self.calibration:
                 x_cal = load_images(
-                    self.calibration, size, crop_height=self.crop_height, progress=self.progress, skip_bad=True
-                )[0]
+                    self.calibration, size, crop_height=self.crop_height, progress=self.progress, skip_bad=True,
+                    resize_mode=self.resize_mode,
+                )[0]  # fmt: skip
                 f_cal = extract_features(self.extractor, x_cal, device=self.device, progress=self.progress)
                 d_cal, _ = nearest_neighbours(f_cal, f_ref)
                 threshold = float(np.percentile(d_cal.numpy(), self.percentile))

@@ -24,7 +24,8 @@ measures the distance to the nearest real training image, default the shipped ``
 training images are ``real_datalist``'s training split, the memorisation threshold comes from its validation or
 test split; without ``real_datalist`` that check is skipped), ``eval_ckpt``, ``anatomy_profile`` (``spectralis``,
 ``phantom`` or ``none``; default ``spectralis``), ``qa_crop_height`` (rows kept around the retina of the real images
-before comparison, default 256, as the generators' training does; 0: no crop), ``qa_min_confidence`` (the
+before comparison; default: the generator bundle's ``train.json`` ``crop_height``, whose ``resize_mode`` also frames
+them), ``qa_min_confidence`` (the
 classifier's lowest probability of the intended class that counts as agreement, default 0.5), ``review_order``
 (``oldest`` or ``uncertain``: the images the classifier is least sure about first; default ``oldest``).
 
@@ -85,11 +86,15 @@ class MedicraftLabelApp(MONAILabelApp):
         gen = self.synthesizer.generator
         items = held_out_items(path, gen.class_names)
         prep = self._training_preparation()
+        if self.conf.get("turing_crop_height"):
+            prep["crop_height"] = int(self.conf["turing_crop_height"]) or None
+        if self.conf.get("turing_resize_mode"):
+            prep["resize_mode"] = self.conf["turing_resize_mode"]
         return TuringDeck(items, TuringAnswers(self.studies), gen.image_shape[-2:], **prep)
 
     def _training_preparation(self) -> dict[str, Any]:
-        """How the generator's training data was prepared (``crop_height``, ``resize_mode`` of its ``train.json``;
-        ``--conf turing_crop_height`` / ``turing_resize_mode`` win), for framing real images like synthetic ones."""
+        """How the generator's training data was prepared (``crop_height``, ``resize_mode`` of its ``train.json``),
+        for framing real images like synthetic ones."""
         from medicraft_monai.networks import bundle_parser
 
         found: dict[str, Any] = {"crop_height": None, "resize_mode": None}
@@ -100,10 +105,6 @@ class MedicraftLabelApp(MONAILabelApp):
                     found[key] = parser.get_parsed_content(key)
         except (FileNotFoundError, KeyError, ValueError) as err:
             logger.warning("the generator's training preparation is unknown (%s): real images are only resized", err)
-        if self.conf.get("turing_crop_height"):
-            found["crop_height"] = int(self.conf["turing_crop_height"]) or None
-        if self.conf.get("turing_resize_mode"):
-            found["resize_mode"] = self.conf["turing_resize_mode"]
         return found
 
     def on_init_complete(self) -> None:
@@ -157,7 +158,8 @@ class MedicraftLabelApp(MONAILabelApp):
         """The automated checks of the ``qa`` scoring method, from the ``--conf`` keys (built on first use)."""
         real = self.conf.get("real_datalist") or None
         profile = self.conf.get("anatomy_profile", "spectralis")
-        crop = int(self.conf.get("qa_crop_height", 256))
+        prep = self._training_preparation()  # real images framed as the generator's training data
+        crop = int(self.conf.get("qa_crop_height") or prep["crop_height"] or 0)
         return ImageQA.from_bundles(
             self.conf.get("classifier_bundle") or None,
             (self.conf.get("eval_bundle") or str(bundle_path("oct_synthesis_eval"))) if real else None,
@@ -168,6 +170,7 @@ class MedicraftLabelApp(MONAILabelApp):
             anatomy_profile=None if profile in ("", "none") else profile,
             image_size=self.synthesizer.generator.image_shape[1:],
             crop_height=crop or None,
+            resize_mode=prep["resize_mode"] or "fit",
             min_confidence=float(self.conf.get("qa_min_confidence", 0.5)),
             device=self.device,
             progress=False,
