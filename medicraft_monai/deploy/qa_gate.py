@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from medicraft_monai.evaluation.per_image import ImageQA, qa_error_row
+from medicraft_monai.metrics.features import RESIZE_MODES
 from medicraft_monai.utils import flag
 
 from . import resolve_device
@@ -116,7 +117,7 @@ class QASettings:
         self.min_pass_fraction = float(self.min_pass_fraction)
         self.max_memorised_fraction = float(self.max_memorised_fraction)
         self.fail_exit = flag(self.fail_exit)
-        if self.resize_mode not in ("fit", "crop", "stretch"):
+        if self.resize_mode not in RESIZE_MODES:
             raise ValueError(f"resize_mode must be 'fit', 'crop' or 'stretch', got {self.resize_mode!r}")
         if self.anatomy_profile not in (None, "spectralis", "phantom"):
             raise ValueError(f"anatomy_profile must be 'spectralis', 'phantom' or 'none', got {self.anatomy_profile!r}")

@@ -207,6 +207,7 @@ class ImageQA:
         progress: bool = True,
     ) -> None:
         from medicraft_monai.evaluation.pipeline import anatomy_checker
+        from medicraft_monai.metrics.features import RESIZE_MODES
 
         if not 0 < float(percentile) < 100:
             raise ValueError(f"percentile must be in (0, 100), got {percentile}")
@@ -222,7 +223,7 @@ class ImageQA:
         self.calibration = [dict(it) for it in calibration or []]
         self.image_size = tuple(int(s) for s in image_size) if image_size else None
         self.crop_height = int(crop_height) if crop_height else None
-        if resize_mode not in ("fit", "crop", "stretch"):
+        if resize_mode not in RESIZE_MODES:
             raise ValueError(f"resize_mode must be 'fit', 'crop' or 'stretch', got {resize_mode!r}")
         self.resize_mode = resize_mode
         self.percentile = float(percentile)
@@ -365,7 +366,7 @@ class ImageQA:
         reference images are); synthetic images are taken as the generator wrote them."""
         from tqdm.auto import tqdm
 
-        from medicraft_monai.data.io import probe_image, read_bscan
+        from medicraft_monai.data.io import read_bscan
         from medicraft_monai.metrics.privacy import nearest_neighbours
 
         if isinstance(images, (str, PathLike)) or (images and not isinstance(images[0], Mapping)):
@@ -377,12 +378,16 @@ class ImageQA:
             frame = int(item.get(OCTKeys.FRAME, 0) or 0)
             row = qa_error_row(item[OCTKeys.IMAGE], item.get(OCTKeys.CLASS_NAME), None, frame=frame)
             try:
-                shape = probe_image(row["image"])["shape"]
-                size = self.image_size or (int(shape[1]), int(shape[2]))
+                native = None  # the file as it is: read only when no size is given
+                if self.image_size:
+                    size = self.image_size
+                else:
+                    native = read_bscan(row["image"], frame)[0]
+                    size = (int(native.shape[-2]), int(native.shape[-1]))
                 # at a given size, every check sees the image as the comparison does (cropped, resized)
                 image = self._load([item], size, real) if self.image_size or self.extractor is not None else None
                 if self.checker is not None:
-                    result = self.checker.check(image[0] if self.image_size else read_bscan(row["image"], frame)[0])
+                    result = self.checker.check(image[0] if self.image_size else native)
                     row.update(anatomy_passed=bool(result.passed), anatomy_failures=list(result.failures))
                     if not result.passed:
                         row["reasons"].append("anatomy: " + ", ".join(result.failures))

@@ -324,6 +324,16 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _confusion_table(c: Mapping[str, int]) -> list[str]:
+    """Markdown rows of an :func:`_agreement` confusion table: expert decision against the automated verdict."""
+    return [
+        "| | checks pass | checks fail |",
+        "|---|---:|---:|",
+        f"| expert accepts | {c['accept_pass']} | {c['accept_fail']} |",
+        f"| expert rejects | {c['reject_pass']} | {c['reject_fail']} |",
+    ]
+
+
 def _markdown(report: Mapping[str, Any]) -> str:
     s = report["summary"]
     lines = [
@@ -376,10 +386,7 @@ def _markdown(report: Mapping[str, Any]) -> str:
             f"On {a['n']} reviewed images: agreement **{_fmt(a['agreement'])}** (Cohen's kappa {a['kappa']}); "
             f"experts accepted {_fmt(a['expert_accept_rate'])}, the checks passed {_fmt(a['automated_pass_rate'])}.",
             "",
-            "| | checks pass | checks fail |",
-            "|---|---:|---:|",
-            f"| expert accepts | {c['accept_pass']} | {c['accept_fail']} |",
-            f"| expert rejects | {c['reject_pass']} | {c['reject_fail']} |",
+            *_confusion_table(c),
             "",
             "| check | applicable | check failed | expert tagged | both | agreement |",
             "|---|---:|---:|---:|---:|---:|",
@@ -400,10 +407,7 @@ def _markdown(report: Mapping[str, Any]) -> str:
             f"**{_fmt(q['agreement'])}** (Cohen's kappa {q['kappa']}); experts accepted "
             f"{_fmt(q['expert_accept_rate'])}, all checks passed on {_fmt(q['automated_pass_rate'])}.",
             "",
-            "| | checks pass | checks fail |",
-            "|---|---:|---:|",
-            f"| expert accepts | {c['accept_pass']} | {c['accept_fail']} |",
-            f"| expert rejects | {c['reject_pass']} | {c['reject_fail']} |",
+            *_confusion_table(c),
             "",
             "| expert decision | images | anatomy passed | classifier agrees | memorised |",
             "|---|---:|---:|---:|---:|",

@@ -104,11 +104,9 @@ class ScoreSynthetic(ScoringMethod):
             raise HTTPException(status_code=422, detail=f"'images' must be a list of image ids, got {wanted!r}")
         rescore = str(request.get("rescore", "false")).lower() in ("1", "true", "yes")
         if wanted is None:
+            infos = {i: datastore.get_image_info(i) for i in datastore.list_images()}
             wanted = [
-                i
-                for i in datastore.list_images()
-                if datastore.get_image_info(i).get("synthetic")
-                and (rescore or not datastore.get_image_info(i).get(QA_INFO_KEY))
+                i for i, info in infos.items() if info.get("synthetic") and (rescore or not info.get(QA_INFO_KEY))
             ]
         unknown = [i for i in wanted if not datastore.has_image(i)]
         if unknown:
