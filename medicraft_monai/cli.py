@@ -278,6 +278,7 @@ class MedicraftCLI:
         bit_depth: int = 8,
         device: str | None = None,
         progress: bool = True,
+        sampler: str | None = None,
     ) -> None:
         """Sample synthetic B-scans from a generator bundle into a folder (medicraft_monai.generate from Python).
 
@@ -298,6 +299,8 @@ class MedicraftCLI:
             bit_depth: 8 or 16.
             device: cpu, cuda, cuda:1 ... (default: CUDA when available).
             progress: show progress.
+            sampler: a name of the sampler registry, medicraft_monai.schedulers.SAMPLERS (default: the bundle's;
+                ``distilled``: oct_ddpm's distilled 4-step student, its own weights).
         """
         from medicraft_monai.synthesis import generate
 
@@ -314,6 +317,7 @@ class MedicraftCLI:
             bit_depth=bit_depth,
             device=device,
             progress=progress,
+            overrides={"sampler": sampler} if sampler else None,
         )
         print(f"{len(files)} synthetic image(s) in {Path(output_dir) / 'images'}")
         print(f"datalist: {Path(output_dir) / 'datalist_synthetic.json'}")
@@ -789,13 +793,15 @@ def _samplers() -> str:
 
 
 def _bundle_sampling(name: str = "oct_ddpm") -> str:
-    """The sampler and step count that the bundle's inference configs set (read from their JSON, merged in order)."""
+    """The sampler and step count that the bundle's inference configs set (their JSON merged in order, and parsed)."""
+    from monai.bundle import ConfigParser
+
     from medicraft_monai.bundles import bundle_path, config_files
 
-    merged: dict = {}
-    for path in config_files(bundle_path(name), "inference.json"):
-        merged.update(json.loads(path.read_text()))
-    return f"{merged.get('sampler')} with {merged.get('num_inference_steps')} steps, as the {name} bundle sets them"
+    parser = ConfigParser()
+    parser.read_config([str(p) for p in config_files(bundle_path(name), "inference.json")])
+    sampler, steps = parser.get_parsed_content("sampler"), parser.get_parsed_content("num_inference_steps")
+    return f"{sampler} with {steps} steps, as the {name} bundle sets them"
 
 
 def _document_defaults(args: Sequence[str]) -> None:
@@ -805,6 +811,7 @@ def _document_defaults(args: Sequence[str]) -> None:
     command = _command_of(args)
     fills = {
         "multiply": (MedicraftCLI.multiply, _SAMPLER_TEXT, _samplers),
+        "generate": (MedicraftCLI.generate, _SAMPLER_TEXT, _samplers),
         "demo": (MedicraftCLI.demo, _STEPS_TEXT, _bundle_sampling),
     }
     if command in fills:

@@ -3,6 +3,7 @@ latent diffusion) and the training records written next to the weights (with the
 
 from __future__ import annotations
 
+from .distill import DistillationPrepareBatch, TrajectoryDataset, make_teacher_trajectories, save_weights
 from .finetune import ENCODER_MODULES, FreezeModulesHandler, ParentGenerator, TimeBudgetHandler
 from .handlers import ClassSampleGridHandler
 from .latent import (
@@ -32,6 +33,7 @@ __all__ = [
     "AutoencoderKLUpdate",
     "ClassConditionedPrepareBatch",
     "ClassSampleGridHandler",
+    "DistillationPrepareBatch",
     "DiffusionSettingsWriter",
     "EMAWarmupSync",
     "FixedSeedHandler",
@@ -44,8 +46,11 @@ __all__ = [
     "ReconstructionPrepareBatch",
     "TimeBudgetHandler",
     "TrainingRecordWriter",
+    "TrajectoryDataset",
     "check_diffusion_settings",
     "kl_loss",
     "load_frozen_autoencoder",
+    "make_teacher_trajectories",
     "read_latent_info",
+    "save_weights",
 ]

@@ -121,12 +121,7 @@ class DPMSolverMultistepScheduler(Scheduler):
             device: device of ``self.timesteps``.
         """
         big_t = self.num_train_timesteps
-        if self.use_karras_sigmas:
-            steps = self._karras_timesteps(int(num_inference_steps))
-        elif self.timestep_spacing == "logsnr":
-            steps = self._logsnr_timesteps(int(num_inference_steps))
-        else:
-            steps = spaced_timesteps(num_inference_steps, big_t, self.timestep_spacing, self.steps_offset)
+        steps = self.sampling_timesteps(int(num_inference_steps))
         if len(np.unique(steps)) != len(steps) or steps.max() >= big_t:
             raise ValueError(f"{num_inference_steps} steps with {self.timestep_spacing!r} spacing repeat a timestep")
         self.num_inference_steps = len(steps)
@@ -144,6 +139,14 @@ class DPMSolverMultistepScheduler(Scheduler):
         self._sigma = [float(s) for s in sigma]
         self._index = {int(t): i for i, t in enumerate(steps)}
         self._reset()
+
+    def sampling_timesteps(self, num_inference_steps: int) -> np.ndarray:
+        """The training timesteps a run of ``num_inference_steps`` evaluates the model at, decreasing (int64)."""
+        if self.use_karras_sigmas:
+            return self._karras_timesteps(num_inference_steps)
+        if self.timestep_spacing == "logsnr":
+            return self._logsnr_timesteps(num_inference_steps)
+        return spaced_timesteps(num_inference_steps, self.num_train_timesteps, self.timestep_spacing, self.steps_offset)
 
     def _karras_timesteps(self, n: int, rho: float = 7.0) -> np.ndarray:
         """Timesteps whose noise levels ``sigma / alpha`` follow Karras et al.'s rho-spacing."""

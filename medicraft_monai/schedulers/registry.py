@@ -1,10 +1,11 @@
-"""The sampler registry: sampler names (``"ddpm"``, ``"ddim"``, ``"dpmpp_2m"``) and :func:`make_scheduler`, which
+"""The sampler registry: sampler names (``"ddpm"``, ``"ddim"``, ``"dpmpp_2m"``, ``"distilled"``) and :func:`make_scheduler`, which
 bundle configs and the synthesis job call to build a sampling scheduler by name."""
 
 from __future__ import annotations
 
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
 
+from medicraft_monai.schedulers.distilled import DistilledScheduler
 from medicraft_monai.schedulers.dpm_solver import DPMSolverMultistepScheduler
 
 __all__ = ["SAMPLERS", "make_scheduler"]
@@ -14,6 +15,7 @@ SAMPLERS: dict[str, type[Scheduler]] = {
     "ddpm": DDPMScheduler,
     "ddim": DDIMScheduler,
     "dpmpp_2m": DPMSolverMultistepScheduler,
+    "distilled": DistilledScheduler,
 }
 
 _RFLOW_REASON = (
@@ -27,12 +29,14 @@ _RFLOW_REASON = (
 def make_scheduler(
     sampler: str = "ddim", num_train_timesteps: int = 1000, schedule: str = "linear_beta", **kwargs
 ) -> Scheduler:
-    """Create a MONAI noise scheduler by sampler name (``"ddpm"``, ``"ddim"`` or ``"dpmpp_2m"``).
+    """Create a MONAI noise scheduler by sampler name (``"ddpm"``, ``"ddim"``, ``"dpmpp_2m"`` or ``"distilled"``).
 
     Args:
         sampler: "ddpm" (ancestral, one step per training timestep), "ddim" (deterministic for ``eta=0``) or
             "dpmpp_2m" (DPM-Solver++ 2M, :class:`~medicraft_monai.schedulers.DPMSolverMultistepScheduler`:
-            second order, one UNet pass per step; see docs/samplers.md).
+            second order, one UNet pass per step; see docs/samplers.md) or "distilled" (the first-order sampler of a
+            distilled few-step student, :class:`~medicraft_monai.schedulers.DistilledScheduler`; only for weights
+            distilled for it, see docs/samplers.md).
         num_train_timesteps: the number of diffusion steps the model was trained with.
         schedule: MONAI noise schedule ("linear_beta", "scaled_linear_beta", "sigmoid_beta", "cosine").
         kwargs: passed to the scheduler (for example ``prediction_type``, which must be the one the model was

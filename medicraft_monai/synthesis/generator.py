@@ -22,7 +22,8 @@ The contract of ``configs/inference.json`` (keys a generator bundle defines):
 
 An inferer that holds further weights (the autoencoder of a latent generator) may expose ``checksums``, a mapping
 ``{name: sha256}``; they go into the provenance as ``<name>_sha256`` next to ``model_sha256``. Fine-tuned weights
-add ``parent_sha256``, the checksum of the weights they were fine-tuned from (recorded in their ``diffusion.json``).
+add ``parent_sha256``, the checksum of the weights they were fine-tuned from, and a distilled student
+``teacher_sha256``, that of the weights it was distilled from (both recorded in their ``diffusion.json``).
 """
 
 from __future__ import annotations
@@ -67,10 +68,15 @@ def _parsed_or_generator_error(parser: ConfigParser, key: str) -> Any:
 
 def _parent_checksum(recorded: Mapping[str, Any] | None) -> dict[str, str]:
     """``{"parent": sha256}`` for fine-tuned weights (their ``diffusion.json`` names the weights they started
-    from, :class:`~medicraft_monai.engines.finetune.ParentGenerator`), else nothing."""
-    parent = (recorded or {}).get("parent")
-    sha = parent.get("model_sha256") if isinstance(parent, Mapping) else None
-    return {"parent": str(sha)} if sha else {}
+    from, :class:`~medicraft_monai.engines.finetune.ParentGenerator`) and ``{"teacher": sha256}`` for a distilled
+    student (the weights it was distilled from, :mod:`medicraft_monai.engines.distill`); else nothing."""
+    out = {}
+    for key in ("parent", "teacher"):
+        record = (recorded or {}).get(key)
+        sha = record.get("model_sha256") if isinstance(record, Mapping) else None
+        if sha:
+            out[key] = str(sha)
+    return out
 
 
 @dataclass
