@@ -15,6 +15,10 @@ Everything is measured in one run on one machine, so the ratios hold even on a s
      UNet without class embeddings (MONAI's inferer passes no class labels); timed over a few steps, extrapolated.
    - *ours*: ``ClassConditionedDiffusionInferer`` + DPM-Solver++ (2M) at ``--steps`` steps, bf16 autocast +
      channels_last + ``torch.inference_mode``, at the batch size with the best throughput; a complete sampling run.
+   - *ours, distilled*: the same fast step on the distilled student's grid (``sampler: distilled``), at
+     ``--distilled-steps`` steps (4, the shipped student's); and again with the UNet's attention through PyTorch's
+     fused ``scaled_dot_product_attention`` and its weights cast to bf16 once (the two changes
+     ``unet_profile.py`` measures; ``quality_vs_steps.py`` checks them on the trained weights).
    - with ``--compile``: ours with ``torch.compile`` (compile time reported apart; steps timed after it).
 
    Columns: seconds per step and per image, images per second, the speed-up against the medicraft-style row and
@@ -290,6 +294,34 @@ def sampling_part(args, device) -> dict[str, Any]:
     seconds = timed(run_ours, device)
     add("ours", "DPM-Solver++ 2M", args.steps, fast_precision, best, seconds / args.steps, "complete run")
 
+    # 4. the distilled student: the same fast step on the student's grid, --distilled-steps passes (random weights:
+    # the time does not depend on them; the student's quality is measured by quality_vs_steps.py on the shipped one)
+    distilled = make_scheduler("distilled", 1000)
+
+    def run_distilled(net, inferer):
+        return lambda: inferer.sample(
+            noise,
+            net,
+            labels,
+            scheduler=distilled,
+            num_inference_steps=args.distilled_steps,
+            generators=gens,
+            verbose=False,
+        )
+
+    def add_distilled(name, net):
+        seconds = timed(run_distilled(net, fast), device)
+        steps = args.distilled_steps
+        add(name, "distilled", steps, fast_precision, best, seconds / steps, "complete run")
+
+    add_distilled("ours, distilled", unet)
+    if amp:  # and with the two changes unet_profile.py measures: fused attention, bf16 weights cast once
+        fused = build_unet({**net_cfg, "use_flash_attention": True}).to(device)
+        fused.load_state_dict(unet.state_dict())
+        fused = fused.to(dtype=torch.bfloat16, memory_format=torch.channels_last)
+        add_distilled("ours, distilled + fused attention + bf16 weights", fused)
+        del fused
+
     compile_note = None
     if args.compile:
         compiled = _inferer(amp, True, compile_mode=args.compile_mode, compile_model=True)
@@ -469,6 +501,7 @@ def parse_args(argv=None):
     ap.add_argument("--height", type=int, default=None, help="image height (default 256; 32 with --quick)")
     ap.add_argument("--width", type=int, default=None, help="image width (default 512; 64 with --quick)")
     ap.add_argument("--steps", type=int, default=20, help="DPM-Solver++ steps of ours (the bundle default)")
+    ap.add_argument("--distilled-steps", type=int, default=4, help="steps of the distilled student's rows (4)")
     ap.add_argument("--measure-steps", type=int, default=None, help="steps timed for extrapolated rows (default 3)")
     ap.add_argument("--batches", type=int, nargs="+", default=None, help="batch sizes to sweep (default 1 2 4)")
     ap.add_argument("--matmul-size", type=int, default=None, help="matrix size of the peak (default 2048)")

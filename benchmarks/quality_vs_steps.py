@@ -181,12 +181,15 @@ def sample_set(gen, names: list[str], per_class: int, seed_set: int, steps: int,
 def score(images, labels, real_feats, extractor, checker) -> dict[str, float]:
     from medicraft_monai.metrics.anatomy import check_images, summarise
     from medicraft_monai.metrics.features import extract_features
-    from medicraft_monai.metrics.fidelity import frechet_distance
+    from medicraft_monai.metrics.fidelity import frechet_distance, precision_recall
 
     feats = extract_features(extractor, images, progress=False)
     results = check_images(images, progress=False, checker=checker)
+    precision, recall = precision_recall(real_feats, feats)
     return {
         "frechet_distance": frechet_distance(real_feats, feats),
+        "precision": precision,
+        "recall": recall,
         "anatomy_pass_rate": float(summarise(results, labels)["pass_rate"]),
     }
 
@@ -229,8 +232,16 @@ def plot(path: Path, rows, ref, chosen, title: str) -> None:
         ax.set_xlabel("sampling steps (UNet passes)")
         ax.set_title(label, fontsize=10)
         ax.grid(alpha=0.3)
-    axes[0].set_yscale("log")  # a poor few-step setting can be 100x worse than the rest
-    axes[0].legend(fontsize=8)
+    save_figure(fig, axes[0], path, title)
+
+
+def save_figure(fig, fd_axis, path: Path, title: str) -> None:
+    """Log-scale the Frechet distance axis (a poor few-step setting is 100-1000x worse than the rest), add the
+    legend and title, and write the PNG."""
+    import matplotlib.pyplot as plt
+
+    fd_axis.set_yscale("log")
+    fd_axis.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -238,9 +249,248 @@ def plot(path: Path, rows, ref, chosen, title: str) -> None:
     plt.close(fig)
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# the shipped generator: oct_ddpm's weights and its distilled student on the real OCT2017 sample
+# ---------------------------------------------------------------------------------------------------------------------
+#: sampling variants of the precision check: bundle overrides, and whether the weights are cast to bf16 once
+VARIANTS: dict[str, tuple[dict[str, Any], bool]] = {
+    "fp32 eager (shipped)": ({}, False),
+    "bf16 autocast + channels_last": ({"amp_dtype": "bfloat16", "channels_last": True}, False),
+    "fused attention (fp32)": ({"use_flash_attention": True}, False),
+    "fused attention + bf16 weights + channels_last": (
+        {"use_flash_attention": True, "amp_dtype": "bfloat16", "channels_last": True},
+        True,
+    ),
+}
+
+
+def oct2017_dir() -> Path:
+    import os
+
+    env = os.environ.get("MEDICRAFT_OCT2017")
+    return Path(env) if env else REPO.parent / "shared" / "data" / "oct2017"
+
+
+def shipped_available() -> bool:
+    """Whether the shipped oct_ddpm weights, its distilled student and the real OCT2017 sample are all here."""
+    models = BUNDLE / "models"
+    return (
+        (models / "model.pt").is_file()
+        and (models / "distilled" / "model.pt").is_file()
+        and (oct2017_dir() / "manifest.csv").is_file()
+    )
+
+
+def shipped_datalist(args, work: Path) -> Path:
+    """The patient-level split the shipped weights were trained on (``medicraft datalist`` defaults)."""
+    from medicraft_monai.data.datalist import build_datalist
+
+    if args.datalist:
+        return Path(args.datalist)
+    path = work / "oct2017_datalist.json"
+    if not path.is_file():
+        build_datalist(oct2017_dir(), path)
+    return path
+
+
+def shipped_generator(sampler: str, variant: str):
+    import torch
+
+    from medicraft_monai.synthesis.generator import DiffusionGenerator
+
+    overrides, cast_weights = VARIANTS[variant]
+    gen = DiffusionGenerator.from_bundle(BUNDLE, device="cpu", overrides={"sampler": sampler, **overrides})
+    if cast_weights:
+        gen.network.to(torch.bfloat16)
+    return gen
+
+
+def _spread(runs: list[dict[str, float]]) -> dict[str, Any]:
+    """Mean, spread (max - min) and the runs of every measure over the seed sets."""
+    out: dict[str, Any] = {"seed_sets": len(runs)}
+    for key in ("frechet_distance", "precision", "recall", "anatomy_pass_rate"):
+        vals = [r[key] for r in runs]
+        out[key] = sum(vals) / len(vals)
+        out[f"{key}_spread"] = max(vals) - min(vals)
+        out[f"{key}_runs"] = vals
+    return out
+
+
+def within(row: dict[str, Any], ref: dict[str, Any]) -> bool:
+    """A point's mean Frechet distance and anatomy pass rate within the reference's seed spread."""
+    return (
+        row["frechet_distance"] <= ref["frechet_distance"] + ref["frechet_distance_spread"]
+        and row["anatomy_pass_rate"] >= ref["anatomy_pass_rate"] - ref["anatomy_pass_rate_spread"]
+    )
+
+
+def shipped_main(args, work: Path, start: float) -> dict[str, Any]:
+    """Quality against steps of the shipped generator: DDIM, DPM-Solver++ and the distilled student, every point over
+    ``--reference-seeds`` seed sets, scored against the real training split with the fixed OCT features."""
+    from medicraft_monai.metrics.anatomy import AnatomyChecker, check_images, summarise
+    from medicraft_monai.metrics.features import extract_features
+    from medicraft_monai.utils import file_sha256
+
+    datalist = shipped_datalist(args, work)
+    names = ["CNV", "DME", "DRUSEN", "NORMAL"]
+    real, labels = real_images(args, datalist)
+    extractor, fe_name = feature_extractor(args, work, real, labels, len(names))
+    real_feats = extract_features(extractor, real, progress=False)
+    checker = AnatomyChecker.for_spectralis()
+    real_pass = float(summarise(check_images(real, progress=False, checker=checker))["pass_rate"])
+    points = [("ddim", s) for s in args.steps] + [("dpmpp_2m", s) for s in args.dpm_steps or args.steps]
+    points += [("distilled", s) for s in args.distilled_steps]
+    rows: list[dict[str, Any]] = []
+    for sampler, steps in points:
+        gen = shipped_generator(sampler, "fp32 eager (shipped)")
+        runs = []
+        for k in args.reference_seeds:
+            t0 = time.perf_counter()
+            images, lab = sample_set(gen, names, args.per_class, k, steps, args.batch)
+            seconds = time.perf_counter() - t0
+            runs.append({**score(images, lab, real_feats, extractor, checker), "seconds": seconds})
+            _say(f"{sampler} {steps} steps, seed set {k}: {runs[-1]}")
+        n_img = args.per_class * len(names)
+        rows.append(
+            {
+                "sampler": sampler,
+                "steps": steps,
+                **_spread(runs),
+                "s_per_image": sum(r["seconds"] for r in runs) / len(runs) / n_img,
+                "seconds": sum(r["seconds"] for r in runs),
+            }
+        )
+    ref_sampler, ref_steps = args.reference.split(":")
+    ref = next((r for r in rows if r["sampler"] == ref_sampler and r["steps"] == int(ref_steps)), None)
+    if ref is None:
+        raise SystemExit(f"the reference {args.reference} is not one of the points {points}")
+    for r in rows:
+        r["within_reference_spread"] = within(r, ref)
+        r["speedup_vs_reference"] = ref["s_per_image"] / r["s_per_image"]
+
+    # the precision and attention kernels against fp32 eager on the trained weights, at the student and the reference
+    precision_rows = []
+    for sampler, steps in [("distilled", s) for s in args.distilled_steps[:1]] + [(ref_sampler, int(ref_steps))]:
+        base = next(r for r in rows if r["sampler"] == sampler and r["steps"] == steps)
+        for variant in list(VARIANTS)[1:] if args.bf16 else []:
+            gen = shipped_generator(sampler, variant)
+            runs = []
+            for k in args.reference_seeds:
+                images, lab = sample_set(gen, names, args.per_class, k, steps, args.batch)
+                runs.append(score(images, lab, real_feats, extractor, checker))
+            row = {"sampler": sampler, "steps": steps, "variant": variant, **_spread(runs)}
+            row["within_fp32_spread"] = within(row, base)
+            precision_rows.append(row)
+            _say(
+                f"{sampler} {steps} steps, {variant}: FD {row['frechet_distance']:.3f} (fp32 {base['frechet_distance']:.3f})"
+            )
+
+    n_img = args.per_class * len(names)
+    print(
+        f"\nquality vs steps of the shipped oct_ddpm ({tuple(args.image_size)}, weights sha256 "
+        f"{file_sha256(BUNDLE / 'models' / 'model.pt')[:12]}, student "
+        f"{file_sha256(BUNDLE / 'models' / 'distilled' / 'model.pt')[:12]}): {n_img} images per setting and seed set, "
+        f"{len(args.reference_seeds)} seed sets; features: {fe_name}; against {len(real)} real training images "
+        f"(their anatomy pass rate: {real_pass:.2f}); mean (spread = max - min over the seed sets)"
+    )
+    print(
+        "| sampler | steps | Frechet distance | precision | recall | anatomy pass rate | within ref. spread | "
+        "speed vs ref. |\n| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |"
+    )
+    label = {"ddim": "DDIM", "dpmpp_2m": "DPM-Solver++ 2M", "distilled": "distilled student"}
+    for r in rows:
+        mark = " (reference)" if r is ref else ""
+        print(
+            f"| {label[r['sampler']]}{mark} | {r['steps']} | {r['frechet_distance']:.3f} ({r['frechet_distance_spread']:.3f}) "
+            f"| {r['precision']:.3f} ({r['precision_spread']:.3f}) | {r['recall']:.3f} ({r['recall_spread']:.3f}) "
+            f"| {r['anatomy_pass_rate']:.3f} ({r['anatomy_pass_rate_spread']:.3f}) "
+            f"| {'yes' if r['within_reference_spread'] else 'no'} | {r['speedup_vs_reference']:.2f}x |"
+        )
+    if precision_rows:
+        print("\n| sampler | steps | variant | Frechet distance | anatomy pass rate | within fp32's spread |")
+        print("| --- | ---: | --- | ---: | ---: | --- |")
+        for r in precision_rows:
+            print(
+                f"| {label[r['sampler']]} | {r['steps']} | {r['variant']} | {r['frechet_distance']:.3f} "
+                f"({r['frechet_distance_spread']:.3f}) | {r['anatomy_pass_rate']:.3f} | "
+                f"{'yes' if r['within_fp32_spread'] else 'no'} |"
+            )
+    result = {
+        "model": "shipped",
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "datalist_sha256": file_sha256(datalist),
+        "features": fe_name,
+        "real_images": len(real),
+        "real_anatomy_pass_rate": real_pass,
+        "rows": rows,
+        "reference": {"sampler": ref_sampler, "steps": int(ref_steps)},
+        "precision_variants": precision_rows,
+        "seconds": time.perf_counter() - start,
+    }
+    if args.plot:
+        plot_shipped(
+            args.plot,
+            rows,
+            ref,
+            f"shipped oct_ddpm on OCT2017, {n_img} images x {len(args.reference_seeds)} seed sets per point",
+        )
+        print(f"curve: {args.plot}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def plot_shipped(path: Path, rows, ref, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    styles = {"ddim": ("o--", "DDIM"), "dpmpp_2m": ("s-", "DPM-Solver++ 2M"), "distilled": ("*", "distilled student")}
+    for ax, key, name in (
+        (axes[0], "frechet_distance", "Frechet distance (lower is better)"),
+        (axes[1], "recall", "recall (higher is better)"),
+        (axes[2], "anatomy_pass_rate", "anatomy pass rate (higher is better)"),
+    ):
+        for sampler, (style, label) in styles.items():
+            pts = sorted((r["steps"], r[key], r[f"{key}_spread"]) for r in rows if r["sampler"] == sampler)
+            if pts:
+                ax.errorbar(
+                    [p[0] for p in pts],
+                    [p[1] for p in pts],
+                    yerr=[p[2] / 2 for p in pts],
+                    fmt=style,
+                    markersize=12 if sampler == "distilled" else 6,
+                    capsize=3,
+                    label=label,
+                )
+        mean, spread = ref[key], ref[f"{key}_spread"]
+        ax.axhspan(
+            mean - spread,
+            mean + spread,
+            color="0.85",
+            label=f"{styles[ref['sampler']][1]} {ref['steps']}: mean +- spread",
+        )
+        ax.set_xlabel("sampling steps (UNet passes)")
+        ax.set_title(name, fontsize=10)
+        ax.grid(alpha=0.3)
+    save_figure(fig, axes[0], path, title)
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work-dir", type=Path, default=Path("/tmp/medicraft_quality"))
+    ap.add_argument(
+        "--model",
+        default="auto",
+        choices=["auto", "shipped", "phantom"],
+        help="shipped: the shipped oct_ddpm weights and distilled student on the real OCT2017 sample; phantom: a model "
+        "trained here on phantom data (or --ckpt); auto (default): shipped when both are here and not --quick",
+    )
+    ap.add_argument("--distilled-steps", type=int, nargs="+", default=None, help="the student's steps (shipped: 4)")
+    ap.add_argument("--reference", default="dpmpp_2m:8", help="shipped: the reference point, sampler:steps")
     ap.add_argument("--ckpt", default=None, help="trained oct_ddpm weights (default: train in --work-dir)")
     ap.add_argument("--datalist", default=None, help="the real (phantom) datalist the model was trained on")
     ap.add_argument("--image-size", type=int, nargs=2, default=None, help="model image size (default 64 128)")
@@ -269,6 +519,22 @@ def parse_args(argv=None):
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny data, model and step counts")
     args = ap.parse_args(argv)
     q = args.quick
+    if args.model == "auto":
+        args.model = "shipped" if (not q and args.ckpt is None and shipped_available()) else "phantom"
+    if args.model == "shipped":
+        shipped = {
+            "image_size": [32, 64],
+            "steps": [4, 8, 10],
+            "dpm_steps": [4, 6, 8, 10],
+            "distilled_steps": [4],
+            "per_class": 64,
+            "reference_seeds": [0, 1, 2],
+            "features": "bundle",
+        }
+        for k, v in shipped.items():
+            if getattr(args, k) in (None, "auto"):
+                setattr(args, k, v)
+    args.distilled_steps = args.distilled_steps or []
     defaults = {
         "image_size": [16, 32] if q else [64, 128],
         "channels": [8, 16] if q else [16, 32, 32],
@@ -297,6 +563,8 @@ def main(argv=None) -> dict[str, Any]:
     work = args.work_dir
     work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    if args.model == "shipped":
+        return shipped_main(args, work, start)
     datalist, ckpt, names = prepare_model(args, work)
     real, labels = real_images(args, datalist)
     extractor, fe_name = feature_extractor(args, work, real, labels, len(names))

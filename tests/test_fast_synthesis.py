@@ -34,7 +34,18 @@ def test_quick_run_prints_a_sane_table(tmp_path: Path) -> None:
     assert sampling["image_size"] == [32, 64] and sampling["unet_gflop_per_image_step"] > 0
     assert all(v > 0 for v in sampling["matmul_peak_gflops"].values())
     rows = {r["name"]: r for r in sampling["table"]}
-    assert list(rows) == ["medicraft-style", "MONAI DiffusionInferer", "ours"]
+    assert list(rows) == [
+        "medicraft-style",
+        "MONAI DiffusionInferer",
+        "ours",
+        "ours, distilled",
+        "ours, distilled + fused attention + bf16 weights",
+    ]
+    distilled = rows["ours, distilled"]
+    assert (distilled["sampler"], distilled["steps"]) == ("distilled", 4)
+    # the same UNet pass: the work per image scales with the passes alone
+    per_pass = rows["ours"]["gflop_per_image"] / rows["ours"]["steps"]
+    assert abs(distilled["gflop_per_image"] - 4 * per_pass) <= 1e-9 * distilled["gflop_per_image"]
     assert (rows["medicraft-style"]["sampler"], rows["medicraft-style"]["steps"]) == ("DDPM", 1000)
     assert "x1000" in rows["medicraft-style"]["how"] and rows["ours"]["how"] == "complete run"
     assert rows["medicraft-style"]["speedup_vs_baseline"] == 1.0
