@@ -21,6 +21,7 @@ from medicraft_monai.engines import DistillationPrepareBatch, TrajectoryDataset,
 from medicraft_monai.engines.records import GeneratorError
 from medicraft_monai.inferers import ClassConditionedDiffusionInferer
 from medicraft_monai.networks import latest_checkpoint
+from medicraft_monai.networks.checkpoint import CheckpointError
 from medicraft_monai.schedulers import DistilledScheduler, make_scheduler
 from medicraft_monai.synthesis import DiffusionGenerator
 from medicraft_monai.utils import file_sha256
@@ -149,6 +150,13 @@ def test_trajectories_resume_and_refuse_chunks_of_other_settings(tmp_path: Path)
     assert remade["seeds"].tolist() == [2] and remade["labels"].tolist() == [2]  # 3 trajectories, chunks of 2
     torch.testing.assert_close(remade["states"], lost["states"], rtol=0, atol=0)  # the same seeds give the same run
     torch.testing.assert_close(remade["final"], lost["final"], rtol=0, atol=0)
+    # a damaged chunk is named when read, and made again by a rerun
+    first = torch.load(files[0], weights_only=True)
+    files[0].write_bytes(files[0].read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=r"chunk_00000\.pt.*trajectory chunk"):
+        TrajectoryDataset(files, _student())
+    make_teacher_trajectories(teacher, _student(), folder, 1, 2, 2, batch_size=2, progress=False)
+    torch.testing.assert_close(torch.load(files[0], weights_only=True)["final"], first["final"], rtol=0, atol=0)
     guided = _tiny_teacher(tmp_path, guidance_scale=2.0)
     with pytest.raises(ValueError, match=r"chunk_00000\.pt: made with other distillation settings \(guidance_scale\)"):
         make_teacher_trajectories(guided, _student(), folder, 1, 2, 2, batch_size=2, progress=False)

@@ -34,6 +34,7 @@ import torch
 from monai.utils import optional_import
 
 from medicraft_monai.inferers.conditional import seeded_noise
+from medicraft_monai.networks.checkpoint import CheckpointError, read_checkpoint
 from medicraft_monai.schedulers.distilled import DistilledScheduler
 from medicraft_monai.schedulers.dpm_solver import DPMSolverMultistepScheduler
 from medicraft_monai.utils import atomic_write
@@ -166,9 +167,9 @@ def _complete_chunk(path: Path, meta: Mapping[str, Any]) -> bool:
     if not path.is_file():
         return False
     try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - an unreadable chunk (a crash mid-write cannot leave one: atomic_write) is redone
-        logger.warning("%s: unreadable trajectory chunk, making it again", path)
+        record = read_checkpoint(path, "trajectory chunk")
+    except CheckpointError as err:  # atomic_write leaves no half-written chunk, but a damaged one is made again
+        logger.warning("%s; making it again", err)
         return False
     if record.get("meta") != dict(meta):
         differing = sorted(k for k in meta if record.get("meta", {}).get(k) != meta[k])
@@ -205,12 +206,13 @@ class TrajectoryDataset(torch.utils.data.Dataset):
 
     Raises:
         ValueError: no files, chunks of different settings, or timesteps that are not the scheduler's grid.
+        CheckpointError: an unreadable chunk (the message names it).
     """
 
     def __init__(self, files: Sequence[str | PathLike], scheduler: DistilledScheduler) -> None:
         if not files:
             raise ValueError("no trajectory chunks given")
-        records = [torch.load(f, map_location="cpu", weights_only=True) for f in files]
+        records = [read_checkpoint(f, "trajectory chunk") for f in files]
         metas = {str(r["meta"]) for r in records}
         if len(metas) != 1:
             raise ValueError(f"trajectory chunks of different settings: {sorted(metas)}")
