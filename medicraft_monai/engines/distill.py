@@ -131,15 +131,16 @@ def make_teacher_trajectories(
     todo = [b for b, f in enumerate(files) if not _complete_chunk(f, meta)]
     if len(todo) < len(files):
         logger.info("%s: %d of %d chunks already made, resuming", folder, len(files) - len(todo), len(files))
+    # one run's grid for every chunk (the solver resets its multistep state at the first timestep of each run)
+    sched.set_timesteps(len(grid), device=teacher.device)
+    if not torch.equal(sched.timesteps.cpu(), torch.as_tensor(grid)):
+        raise ValueError(f"the teacher's {len(grid)}-step grid is not the one the student is distilled on")
     bar = tqdm(total=len(todo) * len(grid), desc="teacher trajectories", disable=not progress) if has_tqdm else None
     for b in todo:
         idx = list(range(b * batch_size, min(total, (b + 1) * batch_size)))
         labels = torch.tensor([j % len(names) for j in idx], device=teacher.device)
         seeds = [seed * 1_000_000 + j for j in idx]
         x, _ = seeded_noise(seeds, teacher.noise_shape(), device=teacher.device)
-        sched.set_timesteps(len(grid), device=teacher.device)
-        if not torch.equal(sched.timesteps.cpu(), torch.as_tensor(grid)):
-            raise ValueError(f"the teacher's {len(grid)}-step grid is not the one the student is distilled on")
         states = []
         for j, t in enumerate(sched.timesteps):
             if j % k == 0 and j // k < n:
@@ -226,7 +227,7 @@ class TrajectoryDataset(torch.utils.data.Dataset):
                 f"trajectories at timesteps {records[0]['timesteps'].tolist()}, but the student's {n}-step grid is "
                 f"{scheduler.timesteps.tolist()}"
             )
-        alpha, sigma = scheduler._alpha, scheduler._sigma
+        alpha, sigma = scheduler.noise_levels
         targets = []
         for i in range(n):
             nxt = states[:, i + 1] if i + 1 < n else final

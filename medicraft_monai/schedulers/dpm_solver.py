@@ -140,6 +140,12 @@ class DPMSolverMultistepScheduler(Scheduler):
         self._index = {int(t): i for i, t in enumerate(steps)}
         self._reset()
 
+    @property
+    def noise_levels(self) -> tuple[list[float], list[float]]:
+        """``(alpha, sigma)`` at every timestep of the run set by :meth:`set_timesteps`, plus the end point (the clean
+        image: ``(1, 0)`` with ``set_alpha_to_one``)."""
+        return list(self._alpha), list(self._sigma)
+
     def sampling_timesteps(self, num_inference_steps: int) -> np.ndarray:
         """The training timesteps a run of ``num_inference_steps`` evaluates the model at, decreasing (int64)."""
         if self.use_karras_sigmas:
