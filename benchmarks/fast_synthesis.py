@@ -30,7 +30,9 @@ Everything is measured in one run on one machine, so the ratios hold even on a s
 5. **bf16 against fp32**: the first image of ours sampled again in fp32 from the same seed: mean and max absolute
    difference and PSNR of the [0, 1] images (random weights amplify rounding: an upper bound).
 6. **Training**: samples per second of training steps (bf16 autocast + channels_last on a CPU with AMX, as the
-   bundle trains) fed from a MONAI ``CacheDataset`` of phantom B-scans, beside the rate of the loader alone.
+   bundle trains) fed from a MONAI ``CacheDataset`` of phantom B-scans, beside the rate of the loader alone, and a
+   step's achieved GFLOP/s (forward + backward FLOPs counted with ``FlopCounterMode``, over the step's compute time)
+   as a fraction of the same-run matmul peaks: the bundle's step, then with fused attention.
 
 ``--device cuda`` runs the same on a GPU (the ``reduce-overhead`` compile mode uses CUDA graphs). ``--quick`` is a
 CI-size smoke run (a tiny UNet at 32 x 64). Nothing here asserts a time.
@@ -210,7 +212,17 @@ def monai_ddim_step_seconds(unet, batch: int, shape, steps: int, device) -> floa
 # ---------------------------------------------------------------------------------------------------------------------
 # parts
 # ---------------------------------------------------------------------------------------------------------------------
-def sampling_part(args, device) -> dict[str, Any]:
+def peaks(args, device) -> dict[str, float]:
+    """The fp32 and bf16 matmul peaks (FLOP/s) of this run, the yardstick of every efficiency figure."""
+    import torch
+
+    return {
+        "fp32": matmul_peak(torch.float32, device, args.matmul_size),
+        "bf16": matmul_peak(torch.bfloat16, device, args.matmul_size),
+    }
+
+
+def sampling_part(args, device, peak: dict[str, float]) -> dict[str, Any]:
     import torch
 
     from medicraft_monai.inferers import seeded_noise
@@ -221,10 +233,6 @@ def sampling_part(args, device) -> dict[str, Any]:
     unet = build_unet(net_cfg).to(device)
     n_params = sum(p.numel() for p in unet.parameters())
     flops = unet_flops(unet, shape, device)
-    peak = {
-        "fp32": matmul_peak(torch.float32, device, args.matmul_size),
-        "bf16": matmul_peak(torch.bfloat16, device, args.matmul_size),
-    }
     print(
         f"\nUNet {n_params / 1e6:.1f} M parameters, images {args.height}x{args.width}, device {device}, "
         f"{torch.get_num_threads()} threads; {flops / 1e9:.1f} GFLOP per image per step (FlopCounterMode); "
@@ -398,12 +406,14 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         )
 
 
-def training_part(args, device) -> dict[str, Any]:
-    """Samples per second of training from a CacheDataset, beside the loader's own rate."""
+def training_part(args, device, peak: dict[str, float]) -> dict[str, Any]:
+    """Samples per second of training from a CacheDataset, beside the loader's own rate, and a training step's
+    achieved FLOP/s as a fraction of the matmul peaks (the bundle's step, then with fused attention)."""
     import numpy as np
     import torch
     from monai.data import CacheDataset, DataLoader
     from monai.transforms import Compose, RandFlipd, Resized, ScaleIntensityRanged
+    from torch.utils.flop_counter import FlopCounterMode
 
     from medicraft_monai.data.phantom import OCTPhantom, PhantomConfig
     from medicraft_monai.inferers import ClassConditionedDiffusionInferer, autocast_context
@@ -432,65 +442,96 @@ def training_part(args, device) -> dict[str, Any]:
             n_loaded += batch["image"].shape[0]
     loader_rate = n_loaded / (time.perf_counter() - start)
 
-    unet = build_unet(QUICK_NET if args.quick else MEDICRAFT_SIZE_NET).train().to(device)
     amp = device.type == "cuda" or args.cpu_bf16
-    if amp:
-        unet = unet.to(memory_format=torch.channels_last)
+    net_cfg = QUICK_NET if args.quick else MEDICRAFT_SIZE_NET
     inferer = ClassConditionedDiffusionInferer(make_scheduler("ddpm", 1000), null_class=NUM_CLASSES)
-    opt = torch.optim.Adam(unet.parameters(), lr=1e-4)
     autocast = autocast_context(device, torch.bfloat16 if amp else None)
+    precision = "bf16 autocast + channels_last" if amp else "fp32"
 
-    def train_step(batch):
-        x = batch["image"].to(device)
+    def measure(name: str, fused_attention: bool, step_flops: int | None = None) -> dict[str, Any]:
+        unet = build_unet({**net_cfg, "use_flash_attention": fused_attention}).train().to(device)
         if amp:
-            x = x.contiguous(memory_format=torch.channels_last)
-        labels = torch.as_tensor(batch["label"], device=device)
-        noise = torch.randn_like(x)
-        t = torch.randint(0, 1000, (x.shape[0],), device=device)
-        opt.zero_grad(set_to_none=True)
-        with autocast:
-            pred = inferer(x, unet, noise, t, class_labels=labels)
-            loss = torch.nn.functional.mse_loss(pred.float(), noise)
-        loss.backward()
-        opt.step()
+            unet = unet.to(memory_format=torch.channels_last)
+        opt = torch.optim.Adam(unet.parameters(), lr=1e-4)
 
-    it = iter(loader)
-    train_step(next(it))  # warm-up
-    waiting = computing = 0.0
-    done = 0
-    for _ in range(args.train_iters):
-        t0 = time.perf_counter()
-        try:
-            batch = next(it)
-        except StopIteration:
-            it = iter(loader)
-            batch = next(it)
-        t1 = time.perf_counter()
-        train_step(batch)
-        sync(device)
-        t2 = time.perf_counter()
-        waiting += t1 - t0
-        computing += t2 - t1
-        done += batch["image"].shape[0]
-    train_rate = done / (waiting + computing)
+        def train_step(batch):
+            x = batch["image"].to(device)
+            if amp:
+                x = x.contiguous(memory_format=torch.channels_last)
+            labels = torch.as_tensor(batch["label"], device=device)
+            noise = torch.randn_like(x)
+            t = torch.randint(0, 1000, (x.shape[0],), device=device)
+            opt.zero_grad(set_to_none=True)
+            with autocast:
+                pred = inferer(x, unet, noise, t, class_labels=labels)
+                loss = torch.nn.functional.mse_loss(pred.float(), noise)
+            loss.backward()
+            opt.step()
+
+        it = iter(loader)
+        counter = FlopCounterMode(display=False)
+        with counter:  # the warm-up step, counted: forward + backward (Adam's elementwise update is not a matmul)
+            train_step(next(it))
+        # the FLOP counter has no formula for the CPU's fused attention kernel: a fused step does the same
+        # arithmetic as the unfused one, so it takes the unfused count
+        step_flops = int(counter.get_total_flops()) if step_flops is None else step_flops
+        waiting = computing = 0.0
+        done = 0
+        for _ in range(args.train_iters):
+            t0 = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                it = iter(loader)
+                batch = next(it)
+            t1 = time.perf_counter()
+            train_step(batch)
+            sync(device)
+            t2 = time.perf_counter()
+            waiting += t1 - t0
+            computing += t2 - t1
+            done += batch["image"].shape[0]
+        achieved = step_flops * args.train_iters / computing
+        own = "bf16" if amp else "fp32"
+        return {
+            "name": name,
+            "train_samples_per_s": done / (waiting + computing),
+            "loader_share_of_train_time": waiting / (waiting + computing),
+            "flop_per_step": step_flops,
+            "gflop_per_step": step_flops / 1e9,
+            "achieved_gflops": achieved / 1e9,
+            "frac_of_peak": achieved / peak[own],
+            "peak_dtype": own,
+            "frac_bf16_peak": achieved / peak["bf16"],
+        }
+
+    rows = [measure("the bundle's step", False)]
+    rows.append(measure("+ fused attention", True, rows[0]["flop_per_step"]))
     result = {
         "image_size": list(size),
         "batch": args.train_batch,
-        "precision": "bf16 autocast + channels_last" if amp else "fp32",
+        "precision": precision,
         "loader_samples_per_s": loader_rate,
-        "train_samples_per_s": train_rate,
-        "loader_share_of_train_time": waiting / (waiting + computing),
+        "train_samples_per_s": rows[0]["train_samples_per_s"],
+        "loader_share_of_train_time": rows[0]["loader_share_of_train_time"],
         "cached_items": len(ds),
+        "rows": rows,
     }
     print(
-        f"\ntraining ({result['precision']}, batch {args.train_batch}, {args.height}x{args.width}, "
-        f"{args.train_iters} iterations, CacheDataset of {len(ds)} phantom B-scans):"
+        f"\ntraining ({precision}, batch {args.train_batch}, {args.height}x{args.width}, "
+        f"{args.train_iters} iterations, CacheDataset of {len(ds)} phantom B-scans, Adam):"
     )
-    print("| stage | samples / s |\n| --- | ---: |")
-    print(f"| loader alone (CacheDataset + random flip) | {loader_rate:.1f} |")
-    print(f"| training step (data + forward + backward + Adam) | {train_rate:.2f} |")
+    print("| stage | samples / s | GFLOP / step | GFLOP/s | of own-precision peak | of bf16 peak |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print(f"| loader alone (CacheDataset + random flip) | {loader_rate:.1f} | | | | |")
+    for r in rows:
+        print(
+            f"| training step, {r['name']} (data + forward + backward + Adam) | {r['train_samples_per_s']:.2f} | "
+            f"{r['gflop_per_step']:.2f} | {r['achieved_gflops']:.1f} | {r['frac_of_peak']:.2f} ({r['peak_dtype']}) | "
+            f"{r['frac_bf16_peak']:.2f} |"
+        )
     print(
-        f"loader / training rate: {loader_rate / train_rate:.0f}x; time waiting for data: "
+        f"loader / training rate: {loader_rate / result['train_samples_per_s']:.0f}x; time waiting for data: "
         f"{100 * result['loader_share_of_train_time']:.2f}% of training"
     )
     return result
@@ -549,10 +590,11 @@ def main(argv=None) -> dict[str, Any]:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device here")
     result: dict[str, Any] = {"quick": args.quick}
+    peak = peaks(args, device)
     if not args.skip_sampling:
-        result["sampling"] = sampling_part(args, device)
+        result["sampling"] = sampling_part(args, device, peak)
     if not args.skip_train:
-        result["training"] = training_part(args, device)
+        result["training"] = training_part(args, device, peak)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))

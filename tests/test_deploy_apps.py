@@ -42,7 +42,7 @@ from medicraft_monai.deploy.classifier import (
 )
 from medicraft_monai.deploy.inputs import InputFrame, read_input_frames
 from medicraft_monai.deploy.qa_gate import QASettings, QAUsageError, intended_class
-from medicraft_monai.deploy.synthesis import SynthesisRequest, resolve_bundle, synthesize
+from medicraft_monai.deploy.synthesis import SynthesisRequest, load_generator, resolve_bundle, synthesize
 from medicraft_monai.engines.records import GeneratorError
 from medicraft_monai.evaluation.per_image import QA_FIELDS
 from medicraft_monai.networks import randomise_zero_weights
@@ -391,6 +391,41 @@ def test_synthesize_app_dicom_with_holoscan_environment(
         assert ds.SeriesDescription.startswith("SYNTHETIC") and ds.PatientName == "SYNTHETIC"
         assert read_bscan(f)[1]["provenance"]["class_name"] == f.parent.name
     assert json.loads((out / "synthesis.json").read_text())["counts"] == {"DME": 1, "NORMAL": 1}
+
+
+def test_synthesize_app_samples_with_the_shipped_distilled_student(deploy_python: Path, tmp_path: Path) -> None:
+    """MEDICRAFT_SYNTH_SAMPLER=distilled: the app loads the shipped oct_ddpm's student weights and its 4 steps, and
+    the images are those the student makes in this process for the same class and seed."""
+    bundle = REPO / "bundles" / "oct_ddpm"
+    out = tmp_path / "output"
+    env = {**ENV, "MEDICRAFT_SYNTH_SAMPLER": "distilled", "MEDICRAFT_SYNTH_CLASSES": "CNV,NORMAL"}
+    env["MEDICRAFT_SYNTH_NUM_IMAGES_PER_CLASS"] = "1"
+    run_app(deploy_python, "synthesize", ["-i", str(tmp_path), "-o", str(out), "-m", str(bundle)], env=env)
+    summary = json.loads((out / "synthesis.json").read_text())
+    student = DiffusionGenerator.from_bundle(bundle, device="cpu", overrides={"sampler": "distilled"})
+    teacher_sha = json.loads((bundle / "models" / "distilled" / "diffusion.json").read_text())["teacher"]
+    assert summary["request"]["sampler"] == "distilled" and summary["counts"] == {"CNV": 1, "NORMAL": 1}
+    assert (summary["model"]["sampler"], summary["model"]["steps"]) == ("distilled", 4)
+    assert (
+        summary["model"]["sha256"] == student.checksum != DiffusionGenerator.from_bundle(bundle, device="cpu").checksum
+    )
+    for path in synthetic_files(out):
+        pixels, meta = read_bscan(path)
+        prov = meta["provenance"]
+        assert prov["sampler"] == "distilled" and prov["teacher_sha256"] == teacher_sha["model_sha256"]
+        want = student.generate([prov["class_name"]], [prov["seed"]])[0, 0]
+        assert np.array_equal(pixels, to_uint(want, 8)), path
+
+
+def test_synthesis_request_sampler(generator_bundle: Path) -> None:
+    assert SynthesisRequest.from_sources(None, {"MEDICRAFT_SYNTH_SAMPLER": "ddim"}).sampler == "ddim"
+    assert SynthesisRequest(sampler="").sampler is None
+    with pytest.raises(ValueError, match="MEDICRAFT_SYNTH_.*unknown sampler 'fast'.*distilled"):
+        SynthesisRequest.from_sources(None, {"MEDICRAFT_SYNTH_SAMPLER": "fast"})
+    assert load_generator(generator_bundle.parent, SynthesisRequest(sampler="ddim"), "cpu").sampler == "ddim"
+    # a bundle without a distilled student: the missing weights are named
+    with pytest.raises(GeneratorError, match="distilled"):
+        load_generator(generator_bundle, SynthesisRequest(sampler="distilled"), "cpu")
 
 
 def test_synthesis_request_sources_resume_and_errors(generator_bundle: Path, tmp_path: Path) -> None:

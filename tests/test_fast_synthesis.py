@@ -73,6 +73,16 @@ def test_quick_run_prints_a_sane_table(tmp_path: Path) -> None:
     assert train["loader_samples_per_s"] > 0 and train["train_samples_per_s"] > 0
     assert 0 <= train["loader_share_of_train_time"] < 1
     assert "loader alone (CacheDataset" in proc.stdout
+    assert [r["name"] for r in train["rows"]] == ["the bundle's step", "+ fused attention"]
+    # a training step is one forward and one backward pass of the batch: the backward pass of a convolution or a
+    # matmul costs two forward passes (input and weight gradients) less the network input's gradient, never needed
+    forward = train["batch"] * sampling["unet_gflop_per_image_step"]
+    for r in train["rows"]:
+        assert 2.0 * forward < r["gflop_per_step"] <= 3.0 * forward * (1 + 1e-9)
+        assert r["gflop_per_step"] == train["rows"][0]["gflop_per_step"]  # the same arithmetic, fused or not
+        assert abs(r["frac_of_peak"] - r["achieved_gflops"] / peaks[r["peak_dtype"]]) <= 1e-9 * r["frac_of_peak"]
+        assert abs(r["frac_bf16_peak"] - r["achieved_gflops"] / peaks["bf16"]) <= 1e-9 * r["frac_bf16_peak"]
+        assert f"| training step, {r['name']} " in proc.stdout
 
 
 def test_run_all_finds_every_benchmark_and_passes_quick() -> None:

@@ -25,7 +25,7 @@ from . import resolve_device
 from .classifier import TorchScriptClassifier, classify_frames, csv_rows, prediction_fields
 from .inputs import read_input_frames
 from .qa_gate import QASettings, assess_frames
-from .synthesis import SynthesisRequest, resolve_bundle, synthesize
+from .synthesis import SynthesisRequest, load_generator, synthesize
 
 __all__ = [
     "DiffusionSynthesisOperator",
@@ -224,10 +224,8 @@ class DiffusionSynthesisOperator(Operator):
         spec.output("result")
 
     def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
-        from medicraft_monai.synthesis.generator import DiffusionGenerator
-
         request = op_input.receive("request")
-        generator = DiffusionGenerator.from_bundle(resolve_bundle(self.bundle_path), device=resolve_device(self.device))
+        generator = load_generator(self.bundle_path, request, device=resolve_device(self.device))
         result = synthesize(generator, request, self.output_folder, progress=self.progress)
         op_output.emit(result, "result")
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from medicraft_monai.engines.records import GeneratorError
+from medicraft_monai.schedulers import SAMPLERS
 from medicraft_monai.synthesis.generator import DiffusionGenerator
 from medicraft_monai.synthesis.job import MANIFEST_CSV, MANIFEST_JSONL, SynthesisJob, check_output_dir
 from medicraft_monai.synthesis.plan import IMAGES_DIR, plan_tasks
@@ -43,6 +44,7 @@ __all__ = [
     "ENV_PREFIX",
     "REQUEST_FILE",
     "SynthesisRequest",
+    "load_generator",
     "resolve_bundle",
     "synthesize",
 ]
@@ -62,7 +64,9 @@ class SynthesisRequest:
         num_images_per_class: images per class (N).
         classes: class names (default: all the generator's classes).
         seed: the job's seed (image ``i`` of class ``c`` gets ``image_seed(seed, c, i)``, as in ``medicraft multiply``).
-        num_inference_steps: sampling steps (default: the bundle's).
+        num_inference_steps: sampling steps (default: the bundle's; with ``sampler``, that sampler's default).
+        sampler: a name of :data:`~medicraft_monai.schedulers.SAMPLERS` (default: the bundle's), e.g. "distilled"
+            for the distilled few-step student of a bundle that ships one.
         guidance_scale: classifier-free guidance weight (default: the bundle's).
         format: "png", "nifti" or "dicom".
         bit_depth: 8 or 16.
@@ -73,6 +77,7 @@ class SynthesisRequest:
     classes: list[str] | None = None
     seed: int = 0
     num_inference_steps: int | None = None
+    sampler: str | None = None
     guidance_scale: float | None = None
     format: str = "png"
     bit_depth: int = 8
@@ -88,6 +93,12 @@ class SynthesisRequest:
             self.num_inference_steps = int(self.num_inference_steps)
         if self.guidance_scale is not None:
             self.guidance_scale = float(self.guidance_scale)
+        if self.sampler in ("", None):
+            self.sampler = None
+        elif str(self.sampler) not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}; known: {sorted(SAMPLERS)}")
+        else:
+            self.sampler = str(self.sampler)
         self.format, self.bit_depth = check_format(self.format, int(self.bit_depth))
         if self.num_images_per_class < 0:
             raise ValueError(f"num_images_per_class must be >= 0, got {self.num_images_per_class}")
@@ -159,6 +170,22 @@ def resolve_bundle(model_path: str | PathLike) -> Path:
         if len(found) > 1:
             raise GeneratorError(f"{path}: holds {len(found)} bundles ({[p.name for p in found]}); give one with -m")
     raise GeneratorError(f"{path}: not a generator bundle (no configs/inference.json here or in one sub-folder)")
+
+
+def load_generator(
+    model_path: str | PathLike, request: SynthesisRequest, device: str | None = None
+) -> DiffusionGenerator:
+    """The generator of the bundle behind ``model_path`` (:func:`resolve_bundle`), with the request's sampler.
+
+    A bundle's ``inference.json`` picks the weights and the step count that go with its sampler (``sampler:
+    distilled`` loads the distilled student's weights and its steps); weights made for one sampler refuse another.
+
+    Raises:
+        GeneratorError: no bundle, missing weights, or weights that refuse the requested sampler (the message names
+            the file and the override that fixes it).
+    """
+    overrides = {"sampler": request.sampler} if request.sampler else None
+    return DiffusionGenerator.from_bundle(resolve_bundle(model_path), device=device, overrides=overrides)
 
 
 def synthesize(
