@@ -16,7 +16,7 @@ Everything is measured in one run on one machine, so the ratios hold even on a s
    - *ours*: ``ClassConditionedDiffusionInferer`` + DPM-Solver++ (2M) at ``--steps`` steps, bf16 autocast +
      channels_last + ``torch.inference_mode``, at the batch size with the best throughput; a complete sampling run.
    - *ours, distilled*: the same fast step on the distilled student's grid (``sampler: distilled``), at
-     ``--distilled-steps`` steps (4, the shipped student's); and again with the UNet's attention through PyTorch's
+     ``--distilled-steps`` steps (3, the shipped student's); and again with the UNet's attention through PyTorch's
      fused ``scaled_dot_product_attention`` and its weights cast to bf16 once (the two changes
      ``unet_profile.py`` measures; ``quality_vs_steps.py`` checks them on the trained weights).
    - with ``--compile``: ours with ``torch.compile`` (compile time reported apart; steps timed after it).
@@ -542,7 +542,12 @@ def parse_args(argv=None):
     ap.add_argument("--height", type=int, default=None, help="image height (default 256; 32 with --quick)")
     ap.add_argument("--width", type=int, default=None, help="image width (default 512; 64 with --quick)")
     ap.add_argument("--steps", type=int, default=20, help="DPM-Solver++ steps of ours (the bundle default)")
-    ap.add_argument("--distilled-steps", type=int, default=4, help="steps of the distilled student's rows (4)")
+    ap.add_argument(
+        "--distilled-steps",
+        type=int,
+        default=3,
+        help="steps of the distilled student's rows (3, the shipped student's)",
+    )
     ap.add_argument("--measure-steps", type=int, default=None, help="steps timed for extrapolated rows (default 3)")
     ap.add_argument("--batches", type=int, nargs="+", default=None, help="batch sizes to sweep (default 1 2 4)")
     ap.add_argument("--matmul-size", type=int, default=None, help="matrix size of the peak (default 2048)")

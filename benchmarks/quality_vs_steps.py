@@ -281,6 +281,11 @@ def shipped_available() -> bool:
     )
 
 
+def shipped_student_steps() -> int:
+    """The step count the shipped student was distilled for (its ``diffusion.json``)."""
+    return int(json.loads((BUNDLE / "models" / "distilled" / "diffusion.json").read_text())["num_inference_steps"])
+
+
 def shipped_datalist(args, work: Path) -> Path:
     """The patient-level split the shipped weights were trained on (``medicraft datalist`` defaults)."""
     from medicraft_monai.data.datalist import build_datalist
@@ -489,7 +494,13 @@ def parse_args(argv=None):
         help="shipped: the shipped oct_ddpm weights and distilled student on the real OCT2017 sample; phantom: a model "
         "trained here on phantom data (or --ckpt); auto (default): shipped when both are here and not --quick",
     )
-    ap.add_argument("--distilled-steps", type=int, nargs="+", default=None, help="the student's steps (shipped: 4)")
+    ap.add_argument(
+        "--distilled-steps",
+        type=int,
+        nargs="+",
+        default=None,
+        help="the student's steps (shipped: its models/distilled/diffusion.json)",
+    )
     ap.add_argument("--reference", default="dpmpp_2m:8", help="shipped: the reference point, sampler:steps")
     ap.add_argument("--ckpt", default=None, help="trained oct_ddpm weights (default: train in --work-dir)")
     ap.add_argument("--datalist", default=None, help="the real (phantom) datalist the model was trained on")
@@ -525,8 +536,8 @@ def parse_args(argv=None):
         shipped = {
             "image_size": [32, 64],
             "steps": [4, 8, 10],
-            "dpm_steps": [4, 6, 8, 10],
-            "distilled_steps": [4],
+            "dpm_steps": [3, 4, 6, 8, 10],
+            "distilled_steps": [shipped_student_steps()],
             "per_class": 64,
             "reference_seeds": [0, 1, 2],
             "features": "bundle",

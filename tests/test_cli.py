@@ -49,7 +49,7 @@ def test_help_names_the_samplers_and_the_default_steps_where_they_are_defined() 
     assert f"one of {', '.join(SAMPLERS)}" in (generate.stdout + generate.stderr).replace("\n        ", " ")
     parser = ConfigParser()
     parser.read_config([str(p) for p in config_files(bundle_path("oct_ddpm"), "inference.json")])
-    # the step count is an expression (4 for the distilled student, else 10): the help names its value
+    # the step count is an expression (3 for the distilled student, else 10): the help names its value
     sampler, n_steps = parser.get_parsed_content("sampler"), parser.get_parsed_content("num_inference_steps")
     assert isinstance(n_steps, int) and sampler != "distilled"
     demo = run_cli("demo", "--help")

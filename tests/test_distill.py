@@ -191,30 +191,30 @@ def test_distill_bundle_trains_resumes_and_samples_with_sampler_distilled(tmp_pa
     run_checked(monai_bundle_cmd(configs, BUNDLE, max_epochs=1, **common), timeout=600)
     ckpts = tmp_path / "work" / "checkpoints"
     first = latest_checkpoint(ckpts)
-    assert first.endswith("checkpoint_final_iteration=4.pt")  # 8 trajectories x 4 steps / batch 8
+    assert first.endswith("checkpoint_final_iteration=3.pt")  # 8 trajectories x 3 steps / batch 8
     student = models / "distilled" / "model.pt"
     state = torch.load(student, weights_only=True)
     assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
     record = json.loads((models / "distilled" / "diffusion.json").read_text())
-    assert record["sampler"] == "distilled" and record["num_inference_steps"] == 4
+    assert record["sampler"] == "distilled" and record["num_inference_steps"] == 3  # common.json's distilled_steps
     assert record["teacher"]["model_sha256"] == file_sha256(BUNDLE / "models" / "model.pt")
-    assert record["teacher"]["num_inference_steps"] == 17
+    assert record["teacher"]["num_inference_steps"] == 10  # 3 steps x 3 substeps + 1: the bundle's own sampler
     assert (tmp_path / "work" / "logs" / "samples" / "samples_epoch_0001.png").is_file()
     first_weights = file_sha256(student)
 
     run_checked(monai_bundle_cmd(configs, BUNDLE, max_epochs=2, resume=True, **common), timeout=600)
-    assert latest_checkpoint(ckpts).endswith("checkpoint_final_iteration=8.pt")  # continued, not restarted
+    assert latest_checkpoint(ckpts).endswith("checkpoint_final_iteration=6.pt")  # continued, not restarted
     assert file_sha256(student) != first_weights
     assert len(list((tmp_path / "work" / "trajectories" / "training").glob("chunk_*.pt"))) == 2  # made once
 
     gen = DiffusionGenerator.from_bundle(
         BUNDLE, device="cpu", overrides={"ckpt_dir": str(models), "sampler": "distilled"}
     )
-    assert isinstance(gen.scheduler, DistilledScheduler) and gen.num_inference_steps == 4
+    assert isinstance(gen.scheduler, DistilledScheduler) and gen.num_inference_steps == 3
     assert gen.checksum == file_sha256(student)
     images = gen.generate(["DME", "NORMAL"], [3, 4])
     assert images.shape == (2, 1, 32, 64) and np.isfinite(images).all()
-    with pytest.raises(GeneratorError, match="num_inference_steps=4.*override --num_inference_steps 4"):
+    with pytest.raises(GeneratorError, match="num_inference_steps=3.*override --num_inference_steps 3"):
         DiffusionGenerator.from_bundle(
             BUNDLE,
             device="cpu",
@@ -237,28 +237,30 @@ def test_the_shipped_student_is_float16_within_the_zoo_limit_and_records_its_tea
     record = json.loads((STUDENT.parent / "diffusion.json").read_text())
     teacher = json.loads((BUNDLE / "models" / "diffusion.json").read_text())
     assert {k: record[k] for k in teacher} == teacher  # the teacher's settings
-    assert (record["sampler"], record["num_inference_steps"]) == ("distilled", 4)
+    assert (record["sampler"], record["num_inference_steps"]) == ("distilled", 3)
     assert record["teacher"]["model_sha256"] == file_sha256(BUNDLE / "models" / "model.pt")
     meta = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
     assert file_sha256(STUDENT) in meta["changelog"][meta["version"]]
 
 
-def test_the_shipped_student_follows_its_teacher_in_4_steps_where_the_teacher_cannot() -> None:
-    """The student's 4-step images against the teacher's own 17-step run from the same seeds (what it was distilled
-    to reproduce), beside the teacher sampled in 4 steps by DPM-Solver++ and by DDIM: distillation must bring the
-    error well below what the teacher's solvers reach with the same number of passes."""
+def test_the_shipped_student_follows_its_teacher_in_3_steps_where_the_teacher_cannot() -> None:
+    """The student's 3-step images against the teacher run it was distilled to reproduce (DPM-Solver++, 10 steps,
+    from the same seeds), beside the teacher sampled in 3 steps by DPM-Solver++ and by DDIM: distillation must bring
+    the error well below what the teacher's solvers reach with the same number of passes."""
     classes = [c for c in CLASSES for _ in range(4)]
     seeds = [90_000 + i for i in range(len(classes))]  # not the distillation seeds (0 .. 3071)
     teacher = DiffusionGenerator.from_bundle(BUNDLE, device="cpu")
-    target = teacher.generate(classes, seeds, num_inference_steps=17)
+    record = json.loads((STUDENT.parent / "diffusion.json").read_text())["teacher"]
+    assert (record["sampler"], record["num_inference_steps"]) == ("dpmpp_2m", 10)
+    target = teacher.generate(classes, seeds, num_inference_steps=record["num_inference_steps"])
     student = DiffusionGenerator.from_bundle(BUNDLE, device="cpu", overrides={"sampler": "distilled"})
-    assert student.num_inference_steps == 4 and student.provenance("CNV", 0)["teacher_sha256"] == teacher.checksum
+    assert student.num_inference_steps == 3 and student.provenance("CNV", 0)["teacher_sha256"] == teacher.checksum
 
     def rmse(images: np.ndarray) -> float:
         return float(np.sqrt(((images - target) ** 2).mean()))
 
     err_student = rmse(student.generate(classes, seeds))
-    err_dpm = rmse(teacher.generate(classes, seeds, num_inference_steps=4))
+    err_dpm = rmse(teacher.generate(classes, seeds, num_inference_steps=3))
     ddim = DiffusionGenerator.from_bundle(BUNDLE, device="cpu", overrides={"sampler": "ddim"})
-    err_ddim = rmse(ddim.generate(classes, seeds, num_inference_steps=4))
+    err_ddim = rmse(ddim.generate(classes, seeds, num_inference_steps=3))
     assert err_student < 0.5 * min(err_dpm, err_ddim), (err_student, err_dpm, err_ddim)
