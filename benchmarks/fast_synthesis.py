@@ -16,7 +16,7 @@ Everything is measured in one run on one machine, so the ratios hold even on a s
    - *ours*: ``ClassConditionedDiffusionInferer`` + DPM-Solver++ (2M) at ``--steps`` steps, bf16 autocast +
      channels_last + ``torch.inference_mode``, at the batch size with the best throughput; a complete sampling run.
    - *ours, distilled*: the same fast step on the distilled student's grid (``sampler: distilled``), at
-     ``--distilled-steps`` steps (3, the shipped student's); and again with the UNet's attention through PyTorch's
+     ``--distilled-steps`` steps (by default the shipped student's, 3); and again with the UNet's attention through PyTorch's
      fused ``scaled_dot_product_attention`` and its weights cast to bf16 once (the two changes
      ``unet_profile.py`` measures; ``quality_vs_steps.py`` checks them on the trained weights).
    - with ``--compile``: ours with ``torch.compile`` (compile time reported apart; steps timed after it).
@@ -305,6 +305,7 @@ def sampling_part(args, device, peak: dict[str, float]) -> dict[str, Any]:
     # 4. the distilled student: the same fast step on the student's grid, --distilled-steps passes (random weights:
     # the time does not depend on them; the student's quality is measured by quality_vs_steps.py on the shipped one)
     distilled = make_scheduler("distilled", 1000)
+    distilled_steps = args.distilled_steps or distilled.default_inference_steps
 
     def run_distilled(net, inferer):
         return lambda: inferer.sample(
@@ -312,15 +313,14 @@ def sampling_part(args, device, peak: dict[str, float]) -> dict[str, Any]:
             net,
             labels,
             scheduler=distilled,
-            num_inference_steps=args.distilled_steps,
+            num_inference_steps=distilled_steps,
             generators=gens,
             verbose=False,
         )
 
     def add_distilled(name, net):
         seconds = timed(run_distilled(net, fast), device)
-        steps = args.distilled_steps
-        add(name, "distilled", steps, fast_precision, best, seconds / steps, "complete run")
+        add(name, "distilled", distilled_steps, fast_precision, best, seconds / distilled_steps, "complete run")
 
     add_distilled("ours, distilled", unet)
     if amp:  # and with the two changes unet_profile.py measures: fused attention, bf16 weights cast once
@@ -545,8 +545,8 @@ def parse_args(argv=None):
     ap.add_argument(
         "--distilled-steps",
         type=int,
-        default=3,
-        help="steps of the distilled student's rows (3, the shipped student's)",
+        default=None,
+        help="steps of the distilled student's rows (default: the shipped student's, DistilledScheduler's default)",
     )
     ap.add_argument("--measure-steps", type=int, default=None, help="steps timed for extrapolated rows (default 3)")
     ap.add_argument("--batches", type=int, nargs="+", default=None, help="batch sizes to sweep (default 1 2 4)")

@@ -405,7 +405,6 @@ def test_synthesize_app_samples_with_the_shipped_distilled_student(deploy_python
     summary = json.loads((out / "synthesis.json").read_text())
     student = DiffusionGenerator.from_bundle(bundle, device="cpu", overrides={"sampler": "distilled"})
     record = json.loads((bundle / "models" / "distilled" / "diffusion.json").read_text())
-    teacher_sha = record["teacher"]
     assert summary["request"]["sampler"] == "distilled" and summary["counts"] == {"CNV": 1, "NORMAL": 1}
     assert student.num_inference_steps == record["num_inference_steps"] < 10  # fewer passes than the default
     assert (summary["model"]["sampler"], summary["model"]["steps"]) == ("distilled", record["num_inference_steps"])
@@ -415,7 +414,7 @@ def test_synthesize_app_samples_with_the_shipped_distilled_student(deploy_python
     for path in synthetic_files(out):
         pixels, meta = read_bscan(path)
         prov = meta["provenance"]
-        assert prov["sampler"] == "distilled" and prov["teacher_sha256"] == teacher_sha["model_sha256"]
+        assert prov["sampler"] == "distilled" and prov["teacher_sha256"] == record["teacher"]["model_sha256"]
         want = student.generate([prov["class_name"]], [prov["seed"]])[0, 0]
         assert np.array_equal(pixels, to_uint(want, 8)), path
 
