@@ -199,6 +199,9 @@ def test_distill_bundle_trains_resumes_and_samples_with_sampler_distilled(tmp_pa
     assert record["sampler"] == "distilled" and record["num_inference_steps"] == 3  # common.json's distilled_steps
     assert record["teacher"]["model_sha256"] == file_sha256(BUNDLE / "models" / "model.pt")
     assert record["teacher"]["num_inference_steps"] == 10  # 3 steps x 3 substeps + 1: the bundle's own sampler
+    # by default the student starts from the teacher's weights, and its trajectories from the bundle's seed
+    assert record["teacher"]["init_sha256"] == record["teacher"]["model_sha256"]
+    assert record["teacher"]["trajectory_seed"] == 0
     assert (tmp_path / "work" / "logs" / "samples" / "samples_epoch_0001.png").is_file()
     first_weights = file_sha256(student)
 
@@ -222,6 +225,18 @@ def test_distill_bundle_trains_resumes_and_samples_with_sampler_distilled(tmp_pa
         )
     with pytest.raises(GeneratorError, match="sampler='distilled'"):  # the student's weights with another sampler
         DiffusionGenerator.from_bundle(BUNDLE, ckpt_path=student, device="cpu", overrides={"ckpt_dir": str(models)})
+
+    # training continued from that student on new trajectories (another seed): the record names where it started
+    previous = tmp_path / "previous_student.pt"
+    previous.write_bytes(student.read_bytes())
+    more = {**common, "work_dir": str(tmp_path / "more"), "init_ckpt_path": str(previous), "seed": 1}
+    run_checked(monai_bundle_cmd(configs, BUNDLE, max_epochs=1, **more), timeout=600)
+    record = json.loads((models / "distilled" / "diffusion.json").read_text())
+    assert record["teacher"]["init_sha256"] == file_sha256(previous) != record["teacher"]["model_sha256"]
+    assert record["teacher"]["trajectory_seed"] == 1
+    chunk = torch.load(next((tmp_path / "more" / "trajectories" / "training").glob("chunk_*.pt")), weights_only=True)
+    assert chunk["seeds"].min() >= 1_000_000  # seed set 1, not the first run's noise
+    assert file_sha256(student) != file_sha256(previous)
 
 
 # --------------------------------------------------------------------------------------------------------------------
