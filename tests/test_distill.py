@@ -9,6 +9,7 @@ for any weights. The bundle test distils the shipped ``oct_ddpm`` weights with t
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -209,6 +210,19 @@ def test_distill_bundle_trains_resumes_and_samples_with_sampler_distilled(tmp_pa
     assert latest_checkpoint(ckpts).endswith("checkpoint_final_iteration=6.pt")  # continued, not restarted
     assert file_sha256(student) != first_weights
     assert len(list((tmp_path / "work" / "trajectories" / "training").glob("chunk_*.pt"))) == 2  # made once
+
+    # stopped while making the teacher runs, before the first checkpoint: --resume true keeps them and trains
+    stopped = tmp_path / "stopped"
+    shutil.copytree(tmp_path / "work" / "trajectories", stopped / "trajectories")
+    run_checked(monai_bundle_cmd(configs, BUNDLE, max_epochs=1, resume=True, **{**common, "work_dir": str(stopped)}))
+    assert latest_checkpoint(stopped / "checkpoints").endswith("checkpoint_final_iteration=3.pt")
+    # nothing to resume in that work_dir: it stops at once, before making any teacher run
+    empty = tmp_path / "empty"
+    failed = run_checked(
+        monai_bundle_cmd(configs, BUNDLE, resume=True, **{**common, "work_dir": str(empty)}), expect_ok=False
+    )
+    assert failed.returncode != 0 and "no training checkpoint" in failed.stderr + failed.stdout
+    assert not (empty / "trajectories").exists()
 
     gen = DiffusionGenerator.from_bundle(
         BUNDLE, device="cpu", overrides={"ckpt_dir": str(models), "sampler": "distilled"}

@@ -170,7 +170,9 @@ def _is_complete_checkpoint(path: Path) -> bool:
         return False
 
 
-def latest_checkpoint(folder: str | PathLike, required: bool = True, prefix: str = "checkpoint") -> str | None:
+def latest_checkpoint(
+    folder: str | PathLike, required: bool = True, prefix: str = "checkpoint", started: str | PathLike | None = None
+) -> str | None:
     """The training-state checkpoint with the highest iteration in ``folder`` (for ``resume``).
 
     Recognises the names MONAI's ``CheckpointSaver`` writes, ``<prefix>_iteration=N.pt`` (every N iterations) and
@@ -181,9 +183,12 @@ def latest_checkpoint(folder: str | PathLike, required: bool = True, prefix: str
         folder: where the training checkpoints are.
         required: raise when there is none (else return ``None``).
         prefix: the checkpoint name prefix.
+        started: a folder the run fills before its first checkpoint (distillation's teacher trajectories). When it
+            has files but there is no checkpoint yet, the run was stopped before training began: return ``None``
+            (training starts from its initial weights and reuses what is in ``started``) instead of raising.
 
     Raises:
-        FileNotFoundError: ``required`` and no usable checkpoint.
+        FileNotFoundError: ``required`` and no usable checkpoint (and nothing in ``started``).
     """
     root = Path(folder)
     found: list[tuple[int, int, Path]] = []
@@ -197,6 +202,9 @@ def latest_checkpoint(folder: str | PathLike, required: bool = True, prefix: str
             logger.info("resuming from %s", path)
             return str(path)
         logger.warning("%s: incomplete checkpoint (the run was stopped while saving it); trying an older one", path)
+    if started is not None and Path(started).is_dir() and any(p.is_file() for p in Path(started).rglob("*")):
+        logger.info("%s: no training checkpoint yet, but %s has the run's first stage: training starts", root, started)
+        return None
     if required:
         raise FileNotFoundError(
             f"{root}: resume=true but there is no training checkpoint ({prefix}_iteration=N.pt) to resume from; "
