@@ -277,7 +277,8 @@ def test_the_shipped_student_follows_its_teacher_in_3_steps_where_the_teacher_ca
     from the same seeds), beside the teacher sampled in 3 steps by DPM-Solver++ and by DDIM: distillation must bring
     the error well below what the teacher's solvers reach with the same number of passes."""
     classes = [c for c in CLASSES for _ in range(4)]
-    seeds = [90_000 + i for i in range(len(classes))]  # not the distillation seeds (0-3071, 1,000,000-1,003,071)
+    # not the distillation seeds (0-3071, 1,000,000-1,003,071, 2,000,000-2,003,071)
+    seeds = [90_000 + i for i in range(len(classes))]
     teacher = DiffusionGenerator.from_bundle(BUNDLE, device="cpu")
     record = json.loads((STUDENT.parent / "diffusion.json").read_text())["teacher"]
     assert (record["sampler"], record["num_inference_steps"]) == ("dpmpp_2m", 10)
