@@ -7,8 +7,8 @@ that are not loaded for safety, a file holding no state dict, a folder, a missin
 from __future__ import annotations
 
 import argparse
-import os
 import pickle
+import random
 import sys
 from pathlib import Path
 
@@ -24,7 +24,15 @@ MEDICRAFT = [sys.executable, "-c", "from medicraft_monai.cli import main; main()
 
 #: kind -> (how to make it from the good checkpoint's bytes, words the message must hold)
 BAD_CHECKPOINTS = {
-    "random_bytes": (lambda p, good: p.write_bytes(os.urandom(4096)), "neither a zip archive nor a pickle"),
+    "random_bytes": (
+        lambda p, good: p.write_bytes(random.Random(0).randbytes(4096)),
+        "neither a zip archive nor a pickle",
+    ),
+    # random bytes that happen to open like a pickle (0x80, once in 256 files): still not called a pickle
+    "random_bytes_0x80": (
+        lambda p, good: p.write_bytes(b"\x80\x04" + random.Random(1).randbytes(4094) + b"\x00"),
+        "neither a zip archive nor a pickle",
+    ),
     "truncated": (lambda p, good: p.write_bytes(good[: len(good) // 2]), "truncated (its zip archive has no end)"),
     "empty": (lambda p, good: p.write_bytes(b""), "empty (0 bytes)"),
     "plain_pickle": (lambda p, good: p.write_bytes(pickle.dumps({"w": [1.0, 2.0]})), "a plain Python pickle"),

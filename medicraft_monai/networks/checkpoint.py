@@ -87,7 +87,11 @@ def _unreadable_reason(path: Path, err: Exception) -> str:
     it with ``weights_only=False``)."""
     with open(path, "rb") as f:
         head = f.read(4)
+        f.seek(max(path.stat().st_size - 1, 0))
+        tail = f.read(1)
     text = str(err)
+    # a pickle opens with PROTO and its protocol (2-5) and ends with STOP ("."); one matching byte is chance
+    pickled = len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5 and tail == b"."
     if head.startswith(b"PK\x03\x04") and not _is_complete_checkpoint(path):
         return "the file is truncated (its zip archive has no end): an interrupted copy or download?"
     if head.startswith(b"PK\x03\x04") and "weights_only" in text:
@@ -97,9 +101,9 @@ def _unreadable_reason(path: Path, err: Exception) -> str:
             + (f" ({found[1]})" if found else "")
             + ", which are not loaded for safety: save only the state dict (torch.save(network.state_dict(), path))"
         )
-    if not head.startswith((b"PK\x03\x04", b"\x80")):
+    if not (head.startswith(b"PK\x03\x04") or pickled):
         return "not a PyTorch checkpoint (neither a zip archive nor a pickle): random bytes or another format?"
-    if not head.startswith(b"PK"):
+    if pickled:
         return (
             "a plain Python pickle, not a PyTorch checkpoint (torch.save writes a zip archive); it is not loaded "
             "for safety"
