@@ -206,7 +206,7 @@ def latest_checkpoint(
             logger.info("resuming from %s", path)
             return str(path)
         logger.warning("%s: incomplete checkpoint (the run was stopped while saving it); trying an older one", path)
-    if started is not None and Path(started).is_dir() and any(p.is_file() for p in Path(started).rglob("*")):
+    if started is not None and any(p.is_file() for p in Path(started).rglob("*")):  # none when it does not exist
         logger.info("%s: no training checkpoint yet, but %s has the run's first stage: training starts", root, started)
         return None
     if required:
