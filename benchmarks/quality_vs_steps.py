@@ -23,6 +23,12 @@ Usage::
     python benchmarks/quality_vs_steps.py [--work-dir /tmp/medicraft_quality] [--ckpt model.pt --datalist dl.json]
         [--image-size 64 128] [--channels 16 32 32] [--epochs 5] [--steps 5 10 15 20 25 50] [--per-class 16]
         [--reference-seeds 0 1 2] [--plot docs/images/quality_vs_steps.png] [--json out.json] [--quick]
+    python benchmarks/quality_vs_steps.py --model shipped [--student distill/student/model.pt] ...
+
+``--model shipped`` scores the shipped ``oct_ddpm`` weights and their distilled student on the real OCT2017 sample
+instead (DPM-Solver++ 8 as the reference); ``--student`` scores a candidate student (a ``distill.json`` run's
+``model.pt`` with its ``diffusion.json``) in place of the bundle's, at the step count it was distilled for, without
+copying it into the bundle.
 """
 
 from __future__ import annotations
@@ -281,9 +287,30 @@ def shipped_available() -> bool:
     )
 
 
-def shipped_student_steps() -> int:
-    """The step count the shipped student was distilled for (its ``diffusion.json``)."""
-    return int(json.loads((BUNDLE / "models" / "distilled" / "diffusion.json").read_text())["num_inference_steps"])
+def student_files(student: str | Path | None = None) -> tuple[Path, int]:
+    """The student's weights and the step count they were distilled for (their ``diffusion.json``).
+
+    ``student`` is ``--student``: a distilled ``model.pt`` with its ``diffusion.json`` beside it, or the folder of
+    both (a ``distill.json`` run's ``distilled_dir``), scored in place of the bundle's student without touching the
+    bundle; ``None`` is the bundle's own ``models/distilled/model.pt``.
+
+    Raises:
+        SystemExit: a file is missing, or the weights were not distilled (the message names the file).
+    """
+    path = Path(student) if student is not None else BUNDLE / "models" / "distilled" / "model.pt"
+    if path.is_dir():
+        path = path / "model.pt"
+    settings = path.with_name("diffusion.json")
+    for f in (path, settings):
+        if not f.is_file():
+            raise SystemExit(f"{f}: no such file (a student is a distilled model.pt with its diffusion.json beside it)")
+    recorded = json.loads(settings.read_text())
+    if recorded.get("sampler") != "distilled" or "num_inference_steps" not in recorded:
+        raise SystemExit(
+            f"{settings}: not the settings of a distilled student (sampler {recorded.get('sampler')!r}, "
+            f"num_inference_steps {recorded.get('num_inference_steps')!r})"
+        )
+    return path, int(recorded["num_inference_steps"])
 
 
 def shipped_datalist(args, work: Path) -> Path:
@@ -298,13 +325,18 @@ def shipped_datalist(args, work: Path) -> Path:
     return path
 
 
-def shipped_generator(sampler: str, variant: str):
+def shipped_generator(sampler: str, variant: str, student: str | Path | None = None):
+    """The shipped generator with ``sampler`` and a precision ``variant``; for ``"distilled"``, the student of
+    :func:`student_files` (the bundle's, or ``student``) at the step count it was distilled for."""
     import torch
 
     from medicraft_monai.synthesis.generator import DiffusionGenerator
 
     overrides, cast_weights = VARIANTS[variant]
-    gen = DiffusionGenerator.from_bundle(BUNDLE, device="cpu", overrides={"sampler": sampler, **overrides})
+    overrides, ckpt = {"sampler": sampler, **overrides}, None
+    if sampler == "distilled":
+        ckpt, overrides["distilled_steps"] = student_files(student)
+    gen = DiffusionGenerator.from_bundle(BUNDLE, ckpt_path=ckpt, device="cpu", overrides=overrides)
     if cast_weights:
         gen.network.to(torch.bfloat16)
     return gen
@@ -347,7 +379,7 @@ def shipped_main(args, work: Path, start: float) -> dict[str, Any]:
     points += [("distilled", s) for s in args.distilled_steps]
     rows: list[dict[str, Any]] = []
     for sampler, steps in points:
-        gen = shipped_generator(sampler, "fp32 eager (shipped)")
+        gen = shipped_generator(sampler, "fp32 eager (shipped)", args.student)
         runs = []
         for k in args.reference_seeds:
             t0 = time.perf_counter()
@@ -378,7 +410,7 @@ def shipped_main(args, work: Path, start: float) -> dict[str, Any]:
     for sampler, steps in [("distilled", s) for s in args.distilled_steps[:1]] + [(ref_sampler, int(ref_steps))]:
         base = next(r for r in rows if r["sampler"] == sampler and r["steps"] == steps)
         for variant in list(VARIANTS)[1:] if args.bf16 else []:
-            gen = shipped_generator(sampler, variant)
+            gen = shipped_generator(sampler, variant, args.student)
             runs = []
             for k in args.reference_seeds:
                 images, lab = sample_set(gen, names, args.per_class, k, steps, args.batch)
@@ -394,7 +426,7 @@ def shipped_main(args, work: Path, start: float) -> dict[str, Any]:
     print(
         f"\nquality vs steps of the shipped oct_ddpm ({tuple(args.image_size)}, weights sha256 "
         f"{file_sha256(BUNDLE / 'models' / 'model.pt')[:12]}, student "
-        f"{file_sha256(BUNDLE / 'models' / 'distilled' / 'model.pt')[:12]}): {n_img} images per setting and seed set, "
+        f"{file_sha256(student_files(args.student)[0])[:12]}): {n_img} images per setting and seed set, "
         f"{len(args.reference_seeds)} seed sets; features: {fe_name}; against {len(real)} real training images "
         f"(their anatomy pass rate: {real_pass:.2f}); mean (spread = max - min over the seed sets)"
     )
@@ -423,6 +455,8 @@ def shipped_main(args, work: Path, start: float) -> dict[str, Any]:
     result = {
         "model": "shipped",
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "student": str(student_files(args.student)[0]),
+        "student_sha256": file_sha256(student_files(args.student)[0]),
         "datalist_sha256": file_sha256(datalist),
         "features": fe_name,
         "real_images": len(real),
@@ -499,7 +533,14 @@ def parse_args(argv=None):
         type=int,
         nargs="+",
         default=None,
-        help="the student's steps (shipped: its models/distilled/diffusion.json)",
+        help="the student's steps (shipped: its diffusion.json, the bundle's or --student's)",
+    )
+    ap.add_argument(
+        "--student",
+        type=Path,
+        default=None,
+        help="shipped: score this distilled model.pt (its diffusion.json beside it; or their folder) in place of the "
+        "bundle's student, without touching the bundle",
     )
     ap.add_argument("--reference", default="dpmpp_2m:8", help="shipped: the reference point, sampler:steps")
     ap.add_argument("--ckpt", default=None, help="trained oct_ddpm weights (default: train in --work-dir)")
@@ -537,7 +578,7 @@ def parse_args(argv=None):
             "image_size": [32, 64],
             "steps": [4, 8, 10],
             "dpm_steps": [3, 4, 6, 8, 10],
-            "distilled_steps": [shipped_student_steps()],
+            "distilled_steps": [student_files(args.student)[1]],
             "per_class": 64,
             "reference_seeds": [0, 1, 2],
             "features": "bundle",

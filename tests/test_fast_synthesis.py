@@ -118,3 +118,48 @@ def test_quality_curve_picks_the_fewest_steps_within_the_reference_spread(tmp_pa
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     args = q.parse_args(["--quick"])
     assert args.steps == [2, 4] and args.work_dir.name.endswith("_quick")
+
+
+def test_quality_curve_scores_a_candidate_student_without_touching_the_bundle(tmp_path: Path) -> None:
+    """``--student`` loads a distill.json run's model.pt at its own step count; the bundle's files stay as they are."""
+    import pytest
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import quality_vs_steps as q
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    from medicraft_monai.utils import file_sha256
+
+    shipped = q.BUNDLE / "models" / "distilled"
+    shipped_steps = json.loads((shipped / "diffusion.json").read_text())["num_inference_steps"]
+    assert q.student_files(None) == (shipped / "model.pt", shipped_steps)
+    before = {p.name: file_sha256(p) for p in shipped.iterdir()}
+
+    # a candidate distilled for one step fewer: the shipped weights with one bias moved, so it is told apart
+    import torch
+
+    cand = tmp_path / "student"
+    cand.mkdir()
+    state = torch.load(shipped / "model.pt", map_location="cpu", weights_only=True)
+    state["conv_in.conv.bias"] = state["conv_in.conv.bias"] + 1.0
+    torch.save(state, cand / "model.pt")
+    settings = json.loads((shipped / "diffusion.json").read_text())
+    (cand / "diffusion.json").write_text(json.dumps({**settings, "num_inference_steps": shipped_steps - 1}))
+    assert q.student_files(cand) == (cand / "model.pt", shipped_steps - 1)
+    assert q.parse_args(["--model", "shipped", "--student", str(cand)]).distilled_steps == [shipped_steps - 1]
+    gen = q.shipped_generator("distilled", "fp32 eager (shipped)", cand / "model.pt")
+    assert gen.sampler == "distilled" and gen.num_inference_steps == shipped_steps - 1
+    assert gen.checksum == file_sha256(cand / "model.pt") != before["model.pt"]
+    assert torch.equal(gen.network.conv_in.conv.bias.detach().half(), state["conv_in.conv.bias"])
+    teacher = q.shipped_generator("dpmpp_2m", "fp32 eager (shipped)", cand / "model.pt")
+    assert teacher.checksum == file_sha256(q.BUNDLE / "models" / "model.pt")  # --student only replaces the student
+    assert {p.name: file_sha256(p) for p in shipped.iterdir()} == before
+
+    # a missing settings file, or weights that are not a student, are named
+    (cand / "diffusion.json").unlink()
+    with pytest.raises(SystemExit, match=r"student/diffusion\.json: no such file"):
+        q.student_files(cand / "model.pt")
+    (cand / "diffusion.json").write_text(json.dumps({**settings, "sampler": "dpmpp_2m"}))
+    with pytest.raises(SystemExit, match=r"diffusion\.json: not the settings of a distilled student"):
+        q.student_files(cand)
