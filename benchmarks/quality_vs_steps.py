@@ -423,10 +423,12 @@ def shipped_main(args, work: Path, start: float) -> dict[str, Any]:
             )
 
     n_img = args.per_class * len(names)
+    student_path = student_files(args.student)[0]
+    student_sha = file_sha256(student_path)
     print(
         f"\nquality vs steps of the shipped oct_ddpm ({tuple(args.image_size)}, weights sha256 "
         f"{file_sha256(BUNDLE / 'models' / 'model.pt')[:12]}, student "
-        f"{file_sha256(student_files(args.student)[0])[:12]}): {n_img} images per setting and seed set, "
+        f"{student_sha[:12]}): {n_img} images per setting and seed set, "
         f"{len(args.reference_seeds)} seed sets; features: {fe_name}; against {len(real)} real training images "
         f"(their anatomy pass rate: {real_pass:.2f}); mean (spread = max - min over the seed sets)"
     )
@@ -455,8 +457,8 @@ def shipped_main(args, work: Path, start: float) -> dict[str, Any]:
     result = {
         "model": "shipped",
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "student": str(student_files(args.student)[0]),
-        "student_sha256": file_sha256(student_files(args.student)[0]),
+        "student": str(student_path),
+        "student_sha256": student_sha,
         "datalist_sha256": file_sha256(datalist),
         "features": fe_name,
         "real_images": len(real),
