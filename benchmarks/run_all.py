@@ -8,10 +8,11 @@ fails is reported and the others still run; the exit status is non-zero if any f
 Usage::
 
     python benchmarks/run_all.py [--quick] [--only fast_synthesis ...] [--skip quality_vs_steps ...]
-        [--timeout 3600]
+        [--timeout 3600] [--json-dir results/]
 
 ``--quick`` passes ``--quick`` to the scripts that have such a mode (CI-size smoke runs) and runs the others as
-they are.
+they are. ``--json-dir DIR`` passes ``--json DIR/<name>.json`` to the scripts that write one, so the run's figures
+are kept beside the printed tables.
 """
 
 from __future__ import annotations
@@ -30,9 +31,24 @@ def benchmark_scripts(folder: Path = HERE) -> list[Path]:
     return sorted(p for p in folder.glob("*.py") if p.name != Path(__file__).name and not p.name.startswith("_"))
 
 
+def has_option(script: Path, option: str) -> bool:
+    """Whether a script declares ``option`` (e.g. ``"--quick"``) in its argument parser."""
+    return f'"{option}"' in script.read_text(encoding="utf-8")
+
+
 def has_quick_mode(script: Path) -> bool:
     """Whether a script declares a ``--quick`` option."""
-    return '"--quick"' in script.read_text(encoding="utf-8")
+    return has_option(script, "--quick")
+
+
+def script_command(script: Path, quick: bool = False, json_dir: Path | None = None) -> list[str]:
+    """The command line that runs ``script``: ``--quick`` and ``--json DIR/<name>.json`` where it has them."""
+    cmd = [sys.executable, str(script)]
+    if quick and has_quick_mode(script):
+        cmd.append("--quick")
+    if json_dir is not None and has_option(script, "--json"):
+        cmd += ["--json", str(Path(json_dir) / f"{script.stem}.json")]
+    return cmd
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="+", default=None, help="run only these scripts (names without .py)")
     ap.add_argument("--skip", nargs="+", default=(), help="skip these scripts (names without .py)")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per script (default: none)")
+    ap.add_argument(
+        "--json-dir", type=Path, default=None, help="pass --json DIR/<name>.json to the scripts that write one"
+    )
     args = ap.parse_args(argv)
+    if args.json_dir is not None:
+        args.json_dir.mkdir(parents=True, exist_ok=True)
 
     scripts = [s for s in benchmark_scripts() if s.stem not in set(args.skip)]
     if args.only is not None:
@@ -52,9 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     failed: list[str] = []
     summary: list[tuple[str, str, float]] = []
     for script in scripts:
-        cmd = [sys.executable, str(script)]
-        if args.quick and has_quick_mode(script):
-            cmd.append("--quick")
+        cmd = script_command(script, args.quick, args.json_dir)
         print(f"\n{'=' * 100}\n{script.name}: {' '.join(cmd[1:])}\n{'=' * 100}", flush=True)
         start = time.perf_counter()
         try:

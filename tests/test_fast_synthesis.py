@@ -95,6 +95,15 @@ def test_run_all_finds_every_benchmark_and_passes_quick() -> None:
     expected = sorted(p.name for p in (REPO / "benchmarks").glob("*.py") if p.name not in ("run_all.py", "__init__.py"))
     assert names == expected and "fast_synthesis.py" in names
     assert run_all.has_quick_mode(SCRIPT)
+    assert run_all.script_command(SCRIPT, quick=True, json_dir=Path("res")) == [
+        sys.executable,
+        str(SCRIPT),
+        "--quick",
+        "--json",
+        str(Path("res") / "fast_synthesis.json"),
+    ]
+    no_json = next(p for p in run_all.benchmark_scripts() if not run_all.has_option(p, "--json"))
+    assert "--json" not in run_all.script_command(no_json, json_dir=Path("res"))
     proc = run_group([sys.executable, str(REPO / "benchmarks" / "run_all.py"), "--only", "nope"], timeout=60, cwd=REPO)
     assert proc.returncode != 0 and "unknown benchmark" in proc.stderr
 
