@@ -16,7 +16,7 @@ Everything is measured in one run on one machine, so the ratios hold even on a s
    - *ours*: ``ClassConditionedDiffusionInferer`` + DPM-Solver++ (2M) at ``--steps`` steps, bf16 autocast +
      channels_last + ``torch.inference_mode``, at the batch size with the best throughput; a complete sampling run.
    - *ours, distilled*: the same fast step on the distilled student's grid (``sampler: distilled``), at
-     ``--distilled-steps`` steps (by default the shipped student's, 3); and again with the UNet's attention through PyTorch's
+     ``--distilled-steps`` steps (by default the shipped student's, 2); and again with the UNet's attention through PyTorch's
      fused ``scaled_dot_product_attention`` and its weights cast to bf16 once (the two changes
      ``unet_profile.py`` measures; ``quality_vs_steps.py`` checks them on the trained weights).
    - with ``--compile``: the fused bf16 student with ``torch.compile`` (a first complete run pays the compile, the

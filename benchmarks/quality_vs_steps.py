@@ -579,7 +579,7 @@ def parse_args(argv=None):
         shipped = {
             "image_size": [32, 64],
             "steps": [4, 8, 10],
-            "dpm_steps": [3, 4, 6, 8, 10],
+            "dpm_steps": [2, 3, 4, 6, 8, 10],
             "distilled_steps": [student_files(args.student)[1]],
             "per_class": 64,
             "reference_seeds": [0, 1, 2],

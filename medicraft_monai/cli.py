@@ -300,7 +300,7 @@ class MedicraftCLI:
             device: cpu, cuda, cuda:1 ... (default: CUDA when available).
             progress: show progress.
             sampler: a name of the sampler registry, medicraft_monai.schedulers.SAMPLERS (default: the bundle's;
-                ``distilled``: oct_ddpm's distilled student (3 steps), its own weights).
+                ``distilled``: oct_ddpm's distilled student (2 steps), its own weights).
         """
         from medicraft_monai.synthesis import generate
 

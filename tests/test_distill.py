@@ -30,6 +30,9 @@ from medicraft_monai.utils import file_sha256
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "oct_ddpm"
 CLASSES = ["CNV", "DME", "DRUSEN", "NORMAL"]
+#: the bundle's student step count (common.json) and teacher steps per student step (distill.json)
+STEPS = json.loads((BUNDLE / "configs" / "common.json").read_text())["distilled_steps"]
+SUBSTEPS = json.loads((BUNDLE / "configs" / "distill.json").read_text())["substeps"]
 TINY_CLASSES = CLASSES[:NUM_CLASSES]
 
 
@@ -192,14 +195,15 @@ def test_distill_bundle_trains_resumes_and_samples_with_sampler_distilled(tmp_pa
     run_checked(monai_bundle_cmd(configs, BUNDLE, max_epochs=1, **common), timeout=600)
     ckpts = tmp_path / "work" / "checkpoints"
     first = latest_checkpoint(ckpts)
-    assert first.endswith("checkpoint_final_iteration=3.pt")  # 8 trajectories x 3 steps / batch 8
+    per_epoch = 8 * STEPS // 8  # 8 trajectories x STEPS steps / batch 8
+    assert first.endswith(f"checkpoint_final_iteration={per_epoch}.pt")
     student = models / "distilled" / "model.pt"
     state = torch.load(student, weights_only=True)
     assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
     record = json.loads((models / "distilled" / "diffusion.json").read_text())
-    assert record["sampler"] == "distilled" and record["num_inference_steps"] == 3  # common.json's distilled_steps
+    assert record["sampler"] == "distilled" and record["num_inference_steps"] == STEPS
     assert record["teacher"]["model_sha256"] == file_sha256(BUNDLE / "models" / "model.pt")
-    assert record["teacher"]["num_inference_steps"] == 10  # 3 steps x 3 substeps + 1: the bundle's own sampler
+    assert record["teacher"]["num_inference_steps"] == STEPS * SUBSTEPS + 1
     # by default the student starts from the teacher's weights, and its trajectories from the bundle's seed
     assert record["teacher"]["init_sha256"] == record["teacher"]["model_sha256"]
     assert record["teacher"]["trajectory_seed"] == 0
@@ -207,7 +211,7 @@ def test_distill_bundle_trains_resumes_and_samples_with_sampler_distilled(tmp_pa
     first_weights = file_sha256(student)
 
     run_checked(monai_bundle_cmd(configs, BUNDLE, max_epochs=2, resume=True, **common), timeout=600)
-    assert latest_checkpoint(ckpts).endswith("checkpoint_final_iteration=6.pt")  # continued, not restarted
+    assert latest_checkpoint(ckpts).endswith(f"checkpoint_final_iteration={2 * per_epoch}.pt")  # continued
     assert file_sha256(student) != first_weights
     assert len(list((tmp_path / "work" / "trajectories" / "training").glob("chunk_*.pt"))) == 2  # made once
 
@@ -215,7 +219,7 @@ def test_distill_bundle_trains_resumes_and_samples_with_sampler_distilled(tmp_pa
     stopped = tmp_path / "stopped"
     shutil.copytree(tmp_path / "work" / "trajectories", stopped / "trajectories")
     run_checked(monai_bundle_cmd(configs, BUNDLE, max_epochs=1, resume=True, **{**common, "work_dir": str(stopped)}))
-    assert latest_checkpoint(stopped / "checkpoints").endswith("checkpoint_final_iteration=3.pt")
+    assert latest_checkpoint(stopped / "checkpoints").endswith(f"checkpoint_final_iteration={per_epoch}.pt")
     # nothing to resume in that work_dir: it stops at once, before making any teacher run
     empty = tmp_path / "empty"
     failed = run_checked(
@@ -227,11 +231,11 @@ def test_distill_bundle_trains_resumes_and_samples_with_sampler_distilled(tmp_pa
     gen = DiffusionGenerator.from_bundle(
         BUNDLE, device="cpu", overrides={"ckpt_dir": str(models), "sampler": "distilled"}
     )
-    assert isinstance(gen.scheduler, DistilledScheduler) and gen.num_inference_steps == 3
+    assert isinstance(gen.scheduler, DistilledScheduler) and gen.num_inference_steps == STEPS
     assert gen.checksum == file_sha256(student)
     images = gen.generate(["DME", "NORMAL"], [3, 4])
     assert images.shape == (2, 1, 32, 64) and np.isfinite(images).all()
-    with pytest.raises(GeneratorError, match="num_inference_steps=3.*override --num_inference_steps 3"):
+    with pytest.raises(GeneratorError, match=f"num_inference_steps={STEPS}.*override --num_inference_steps {STEPS}"):
         DiffusionGenerator.from_bundle(
             BUNDLE,
             device="cpu",
@@ -266,31 +270,32 @@ def test_the_shipped_student_is_float16_within_the_zoo_limit_and_records_its_tea
     record = json.loads((STUDENT.parent / "diffusion.json").read_text())
     teacher = json.loads((BUNDLE / "models" / "diffusion.json").read_text())
     assert {k: record[k] for k in teacher} == teacher  # the teacher's settings
-    assert (record["sampler"], record["num_inference_steps"]) == ("distilled", 3)
+    assert (record["sampler"], record["num_inference_steps"]) == ("distilled", STEPS)  # the bundle's distilled_steps
     assert record["teacher"]["model_sha256"] == file_sha256(BUNDLE / "models" / "model.pt")
     meta = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
     assert file_sha256(STUDENT) in meta["changelog"][meta["version"]]
 
 
-def test_the_shipped_student_follows_its_teacher_in_3_steps_where_the_teacher_cannot() -> None:
-    """The student's 3-step images against the teacher run it was distilled to reproduce (DPM-Solver++, 10 steps,
-    from the same seeds), beside the teacher sampled in 3 steps by DPM-Solver++ and by DDIM: distillation must bring
+def test_the_shipped_student_follows_its_teacher_in_2_steps_where_the_teacher_cannot() -> None:
+    """The student's 2-step images against the teacher run it was distilled to reproduce (DPM-Solver++, 11 steps,
+    from the same seeds), beside the teacher sampled in 2 steps by DPM-Solver++ and by DDIM: distillation must bring
     the error well below what the teacher's solvers reach with the same number of passes."""
     classes = [c for c in CLASSES for _ in range(4)]
-    # not the distillation seeds (0-3071, 1,000,000-1,003,071, 2,000,000-2,003,071)
+    # not the distillation seeds (seed set s draws s * 1,000,000 + j; the shipped students used sets 0-7)
     seeds = [90_000 + i for i in range(len(classes))]
     teacher = DiffusionGenerator.from_bundle(BUNDLE, device="cpu")
     record = json.loads((STUDENT.parent / "diffusion.json").read_text())["teacher"]
-    assert (record["sampler"], record["num_inference_steps"]) == ("dpmpp_2m", 10)
+    assert (record["sampler"], record["num_inference_steps"]) == ("dpmpp_2m", 11) == ("dpmpp_2m", 2 * SUBSTEPS + 1)
     target = teacher.generate(classes, seeds, num_inference_steps=record["num_inference_steps"])
     student = DiffusionGenerator.from_bundle(BUNDLE, device="cpu", overrides={"sampler": "distilled"})
-    assert student.num_inference_steps == 3 and student.provenance("CNV", 0)["teacher_sha256"] == teacher.checksum
+    assert student.num_inference_steps == STEPS == 2
+    assert student.provenance("CNV", 0)["teacher_sha256"] == teacher.checksum
 
     def rmse(images: np.ndarray) -> float:
         return float(np.sqrt(((images - target) ** 2).mean()))
 
     err_student = rmse(student.generate(classes, seeds))
-    err_dpm = rmse(teacher.generate(classes, seeds, num_inference_steps=3))
+    err_dpm = rmse(teacher.generate(classes, seeds, num_inference_steps=STEPS))
     ddim = DiffusionGenerator.from_bundle(BUNDLE, device="cpu", overrides={"sampler": "ddim"})
-    err_ddim = rmse(ddim.generate(classes, seeds, num_inference_steps=3))
+    err_ddim = rmse(ddim.generate(classes, seeds, num_inference_steps=STEPS))
     assert err_student < 0.5 * min(err_dpm, err_ddim), (err_student, err_dpm, err_ddim)

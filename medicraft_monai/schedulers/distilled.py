@@ -34,7 +34,7 @@ class DistilledScheduler(DPMSolverMultistepScheduler):
     """
 
     #: the step count of the shipped student
-    default_inference_steps: int = 3
+    default_inference_steps: int = 2
 
     def __init__(
         self,
